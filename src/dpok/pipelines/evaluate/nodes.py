@@ -1,0 +1,213 @@
+"""Thin nodes over :mod:`dpok.evaluation`: fine-tuned samples, metrics, figures, report, human-eval export."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from diffusers import StableDiffusionPipeline
+from PIL import Image
+
+from dpok.evaluation import (
+    EvaluateConfig,
+    HumanEvalConfig,
+    LazyScoredSamples,
+    SamplingConfig,
+    blinded_images,
+    build_pairs,
+    comparison_metrics,
+    curves_figure,
+    flat_metrics,
+    image_grid,
+    pair_manifests,
+    partition_id,
+    per_prompt_differences,
+    render_page,
+    render_report,
+    select_grid_prompts,
+)
+from dpok.evaluation.manifest import PLAN_COLUMNS, check_saved, log_sample_set, sample_set_summary
+from dpok.evaluation.sampler import pipeline_sampler, score_functions
+from dpok.models import load_lora
+
+logger = logging.getLogger(__name__)
+
+# Columns of finetune_history drawn as learning curves, when present and not all NaN.
+CURVE_COLUMNS = ("reward_mean", "kl_bound_nats", "policy_loss", "value_loss")
+
+
+def _check_same_settings(pretrained_summary: dict[str, Any], config: SamplingConfig) -> None:
+    saved, current = pretrained_summary.get("settings", {}), config.sampler_settings()
+    changed = {k: (saved.get(k), v) for k, v in current.items() if saved.get(k) != v}
+    if changed:
+        raise ValueError(
+            "the base-model samples were drawn with other settings than `pretrained` now has "
+            f"({', '.join(f'{k}: {a!r} → {b!r}' for k, (a, b) in changed.items())}); rerun "
+            "`kedro run --pipelines pretrained` so both models see the same prompts and noise"
+        )
+    scored, wanted = sorted(pretrained_summary.get("scores", {})), sorted(config.score_kinds())
+    if scored != wanted:
+        raise ValueError(
+            f"the base-model samples were scored with {scored} but `pretrained` now lists {wanted}; rerun "
+            "`kedro run --pipelines pretrained` so both models are scored alike"
+        )
+
+
+def sample_finetuned_images(
+    base_model: StableDiffusionPipeline,
+    lora: Path,
+    pretrained_manifest: pd.DataFrame,
+    pretrained_sampling_summary: dict[str, Any],
+    params: dict[str, Any],
+) -> tuple[dict[str, Callable[[], Image.Image]], LazyScoredSamples]:
+    """The base model's prompts and seeds again, with the LoRA loaded; drawn and scored lazily."""
+    started = time.perf_counter()
+    config = SamplingConfig.from_dict(params)
+    _check_same_settings(pretrained_sampling_summary, config)
+    score_fns = score_functions({**config.rewards, **config.quality})
+    extra = [c for c in pretrained_manifest.columns if c not in PLAN_COLUMNS and c not in pretrained_sampling_summary["scores"]]
+    plan = pretrained_manifest[list(PLAN_COLUMNS) + extra]
+    pipeline = load_lora(base_model, lora)
+    sampler = pipeline_sampler(
+        pipeline, num_inference_steps=config.num_inference_steps, guidance_scale=config.guidance_scale,
+        eta=config.eta, device=config.device,
+    )
+    samples = LazyScoredSamples(plan, sampler, score_fns, config.batch_size, started=started)
+    logger.info("Fine-tuned model (LoRA %s): %d images on the base model's prompts and seeds", lora, len(plan))
+    return samples.partitions(), samples
+
+
+def write_finetuned_manifest(
+    finetuned_samples: dict[str, Any], samples: LazyScoredSamples, params: dict[str, Any]
+) -> tuple[pd.DataFrame, dict[str, Any], dict[str, Any]]:
+    """Once the PNGs are written: the manifest, the sampling summary and its MLflow metrics."""
+    config = SamplingConfig.from_dict(params)
+    manifest, timing = samples.finish()
+    check_saved(manifest, finetuned_samples, "fine-tuned")
+    summary, metrics = sample_set_summary(manifest, timing, config.sampler_settings(), config.score_kinds(), "finetuned")
+    log_sample_set(summary, "Fine-tuned")
+    return manifest, summary, metrics
+
+
+def compare_scores(
+    pretrained_manifest: pd.DataFrame, finetuned_manifest: pd.DataFrame, sampling_params: dict[str, Any],
+    params: dict[str, Any],
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """metrics.json (means, bootstrap CIs, paired differences per split and category) and its MLflow form."""
+    sampling, config = SamplingConfig.from_dict(sampling_params), EvaluateConfig.from_dict(params)
+    kinds = sampling.score_kinds()
+    paired = pair_manifests(pretrained_manifest, finetuned_manifest, list(kinds))
+    metrics = comparison_metrics(
+        paired, kinds, n_resamples=config.bootstrap_resamples, confidence=config.confidence, seed=config.bootstrap_seed
+    )
+    for name in kinds:
+        d = metrics["all"][name]["difference"]
+        logger.info("%s: fine-tuned − base = %+.4f [%+.4f, %+.4f] over %d pairs",
+                    name, d["mean"], d["ci_low"], d["ci_high"], d["n"])
+    return metrics, {key: {"value": value, "step": 0} for key, value in flat_metrics(metrics).items()}
+
+
+def _load_rows(manifest: pd.DataFrame, loaders: dict[str, Callable], prompts: list[str], n_seeds: int) -> list[np.ndarray]:
+    rows = []
+    for prompt in prompts:
+        files = manifest.loc[manifest["prompt"] == prompt, "file"].head(n_seeds)
+        rows.append(np.stack([np.asarray(loaders[partition_id(f)]().convert("RGB")) for f in files]))
+    return rows
+
+
+def draw_comparison_grid(
+    pretrained_manifest: pd.DataFrame, finetuned_manifest: pd.DataFrame,
+    pretrained_samples: dict[str, Callable], finetuned_samples: dict[str, Callable], params: dict[str, Any],
+) -> Image.Image:
+    """Rows: prompts (spread over splits and categories); columns: base | fine-tuned at the same seeds."""
+    config = EvaluateConfig.from_dict(params)
+    prompts = select_grid_prompts(pretrained_manifest, config.grid_max_prompts)
+    # Same seeds on both sides: order the fine-tuned manifest by the base manifest's (prompt, seed) rows.
+    tuned = pretrained_manifest[["prompt", "seed"]].merge(finetuned_manifest[["prompt", "seed", "file"]], on=["prompt", "seed"])
+    base_rows = _load_rows(pretrained_manifest, pretrained_samples, prompts, config.grid_seeds)
+    tuned_rows = _load_rows(tuned, finetuned_samples, prompts, config.grid_seeds)
+    n = base_rows[0].shape[0]
+    splits = pretrained_manifest.drop_duplicates("prompt").set_index("prompt")
+    labels = [f"[{splits.at[p, 'split']}/{splits.at[p, 'category']}] {p}" for p in prompts]
+    return image_grid(
+        [np.concatenate([b, t]) for b, t in zip(base_rows, tuned_rows)],
+        row_labels=labels,
+        column_labels=[f"base {i + 1}" for i in range(n)] + [f"tuned {i + 1}" for i in range(n)],
+        scale=config.grid_scale,
+    )
+
+
+def draw_learning_curves(finetune_history: pd.DataFrame) -> Image.Image:
+    """Reward, KL bound and losses per round of fine-tuning."""
+    if "round" not in finetune_history.columns:
+        raise ValueError(f"finetune_history has no 'round' column (columns: {list(finetune_history.columns)})")
+    series = {
+        column: (finetune_history["round"].tolist(), finetune_history[column].tolist())
+        for column in CURVE_COLUMNS
+        if column in finetune_history.columns and finetune_history[column].notna().any()
+    }
+    if not series:
+        raise ValueError(f"finetune_history has none of the curve columns {list(CURVE_COLUMNS)}")
+    return curves_figure(series, title="DPOK fine-tuning", xlabel="round")
+
+
+def export_human_eval(
+    pretrained_manifest: pd.DataFrame, finetuned_manifest: pd.DataFrame,
+    pretrained_samples: dict[str, Callable], finetuned_samples: dict[str, Callable], params: dict[str, Any],
+) -> tuple[dict[str, Callable[[], Image.Image]], str, pd.DataFrame, pd.DataFrame, dict[str, Any]]:
+    """The raters' folder (images, index.html, pairs.csv), the key (kept outside it) and a summary."""
+    config = HumanEvalConfig.from_dict(params)
+    pairs, key = build_pairs(
+        pretrained_manifest, finetuned_manifest, pairs_per_prompt=config.pairs_per_prompt, seed=config.seed
+    )
+    images = blinded_images(key, {"base": pretrained_samples, "finetuned": finetuned_samples})
+    export_id = hashlib.sha256("|".join(pairs["pair_id"]).encode()).hexdigest()[:12]
+    page = render_page(pairs, title=config.title, export_id=export_id)
+    summary = {"n_pairs": int(len(pairs)), "n_prompts": int(key["prompt"].nunique()), "seed": config.seed}
+    logger.info("Human evaluation: %d blinded pairs over %d prompts exported", summary["n_pairs"], summary["n_prompts"])
+    return images, page, pairs, key, summary
+
+
+def write_report(
+    metrics: dict[str, Any],
+    pretrained_manifest: pd.DataFrame,
+    finetuned_manifest: pd.DataFrame,
+    finetuned_sampling_summary: dict[str, Any],
+    human_eval_summary: dict[str, Any],
+    comparison_grid: Image.Image,
+    learning_curves: Image.Image,
+    sampling_params: dict[str, Any],
+    params: dict[str, Any],
+) -> tuple[str, dict[str, Any], dict[str, Any]]:
+    """report.md and the evaluate pipeline's time split (runs last: it takes every figure as input)."""
+    sampling, config = SamplingConfig.from_dict(sampling_params), EvaluateConfig.from_dict(params)
+    timing = dict(finetuned_sampling_summary["timing"])
+    wall = max(time.time() - timing["started_unix"], 1e-9)
+    timing["pipeline_wall_seconds"] = wall
+    timing["pipeline_outside_sampling_share"] = 1.0 - timing["sampling_seconds"] / wall
+    logger.info(
+        "evaluate: %.1f s from the sampling node's start to the report, %.1f s sampling: %.0f %% outside sampling",
+        wall, timing["sampling_seconds"], 100 * timing["pipeline_outside_sampling_share"],
+    )
+    paired = pair_manifests(pretrained_manifest, finetuned_manifest, list(metrics["scores"]))
+    report = render_report(
+        metrics,
+        timing=timing,
+        settings=sampling.sampler_settings(),
+        prompt_changes=per_prompt_differences(paired, next(iter(metrics["scores"]))),
+        figures={"Base vs fine-tuned at the same seeds": "comparison_grid.png", "Learning curves": "learning_curves.png"},
+        human_eval=human_eval_summary,
+        top_prompts=config.report_top_prompts,
+    )
+    mlflow_metrics = {
+        f"evaluate.timing.{k}": {"value": float(timing[k]), "step": 0}
+        for k in ("pipeline_wall_seconds", "pipeline_outside_sampling_share", "sampling_seconds",
+                  "scoring_seconds", "writing_seconds")
+    }
+    return report, timing, mlflow_metrics

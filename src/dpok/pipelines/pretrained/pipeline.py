@@ -1,0 +1,23 @@
+from kedro.pipeline import Node, Pipeline
+
+from dpok.pipelines.pretrained.nodes import sample_pretrained_images, write_pretrained_manifest
+from dpok.pipelines.prompts import create_pipeline as prompts_pipeline
+
+
+def create_pipeline(**kwargs) -> Pipeline:
+    return prompts_pipeline() + Pipeline(
+        [
+            Node(
+                sample_pretrained_images,
+                ["base_model", "prompts", "params:pretrained"],
+                ["pretrained_samples", "pretrained_sampling_run"],
+                name="sample_pretrained_images_node",
+            ),
+            Node(
+                write_pretrained_manifest,
+                ["pretrained_samples", "pretrained_sampling_run", "params:pretrained"],
+                ["pretrained_manifest", "pretrained_sampling_summary", "pretrained_mlflow_metrics"],
+                name="write_pretrained_manifest_node",
+            ),
+        ]
+    )

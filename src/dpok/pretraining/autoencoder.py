@@ -1,0 +1,65 @@
+"""Stage 1: the image autoencoder (32×32×3 ↔ 8×8×4) and the latent scaling factor."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from diffusers import AutoencoderKL
+from tqdm.auto import tqdm
+
+from dpok.models import build_autoencoder
+from dpok.pretraining.config import AutoencoderConfig
+from dpok.pretraining.schedule import warmup_cosine
+
+
+def to_model_range(images: np.ndarray) -> torch.Tensor:
+    """uint8 NHWC → float NCHW in [−1, 1], the range diffusers' VAEs work in."""
+    return torch.from_numpy(images).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+
+
+def train_autoencoder(
+    images: np.ndarray, config: AutoencoderConfig, seed: int, progress: bool = True
+) -> tuple[AutoencoderKL, list[dict[str, float]]]:
+    """Train an ``AutoencoderKL`` on ``images`` with MSE reconstruction + a tiny KL term."""
+    torch.manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed)
+    vae = build_autoencoder({"sample_size": images.shape[1], **config.architecture})
+    vae.train()
+    optimizer = torch.optim.AdamW(vae.parameters(), lr=config.learning_rate, weight_decay=0.0)
+    lr_schedule = warmup_cosine(optimizer, config.steps, warmup=max(1, config.steps // 20))
+    data = to_model_range(images)
+    history: list[dict[str, float]] = []
+    bar = tqdm(range(config.steps), desc="autoencoder", disable=not progress, mininterval=2)
+    for step in bar:
+        batch = data[torch.randint(len(data), (config.batch_size,), generator=generator)]
+        posterior = vae.encode(batch).latent_dist
+        reconstruction = vae.decode(posterior.sample(generator=generator)).sample
+        mse = torch.nn.functional.mse_loss(reconstruction, batch)
+        kl = posterior.kl().mean() / batch[0].numel()
+        loss = mse + config.kl_weight * kl
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        optimizer.step()
+        lr_schedule.step()
+        if step % 10 == 0 or step == config.steps - 1:
+            history.append({"step": step, "loss": float(loss), "mse": float(mse), "kl": float(kl)})
+            bar.set_postfix(mse=f"{float(mse):.4f}")
+    vae.eval()
+    vae.requires_grad_(False)
+    return vae, history
+
+
+@torch.no_grad()
+def encode_latents(vae: AutoencoderKL, images: np.ndarray, batch_size: int = 512) -> torch.Tensor:
+    """Posterior means of ``images`` (unscaled latents), used as the denoiser's cached training set."""
+    chunks = [
+        vae.encode(to_model_range(images[i : i + batch_size])).latent_dist.mode()
+        for i in range(0, len(images), batch_size)
+    ]
+    return torch.cat(chunks)
+
+
+def latent_scaling_factor(latents: torch.Tensor) -> float:
+    """1 / std of the latents, so scaled latents have unit variance (SD's ``scaling_factor``)."""
+    return float(1.0 / latents.float().std())

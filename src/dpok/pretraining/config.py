@@ -1,0 +1,119 @@
+"""Typed parameters of the ``pretrain`` pipeline (``conf/base/parameters_pretrain.yml``)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+
+def _check_keys(cls: type, params: dict[str, Any], where: str) -> None:
+    known = {f.name for f in fields(cls)}
+    unknown = set(params) - known
+    if unknown:
+        raise ValueError(f"unknown key(s) under '{where}': {sorted(unknown)}; expected some of {sorted(known)}")
+
+
+def _positive(where: str, **values: float) -> None:
+    for name, value in values.items():
+        if not value > 0:
+            raise ValueError(f"{where}.{name} must be > 0, got {value!r}")
+
+
+@dataclass(frozen=True)
+class AutoencoderConfig:
+    """AutoencoderKL training.
+
+    Attributes:
+        architecture: Keyword arguments of ``diffusers.AutoencoderKL`` (see dpok.models.build_autoencoder).
+        steps: Optimiser steps.
+        batch_size: Images per step.
+        learning_rate: AdamW learning rate (cosine decay to 10 %).
+        kl_weight: Weight of the KL to N(0, I) on the latent posterior; tiny, as in SD's VAE.
+    """
+
+    architecture: dict[str, Any] = field(default_factory=dict)
+    steps: int = 800
+    batch_size: int = 64
+    learning_rate: float = 2e-3
+    kl_weight: float = 1e-6
+
+    def __post_init__(self) -> None:
+        _positive("pretrain.autoencoder", steps=self.steps, batch_size=self.batch_size, learning_rate=self.learning_rate)
+        if self.kl_weight < 0:
+            raise ValueError(f"pretrain.autoencoder.kl_weight must be >= 0, got {self.kl_weight}")
+
+
+@dataclass(frozen=True)
+class DenoiserConfig:
+    """UNet + text encoder training (ε-prediction on cached latents).
+
+    Attributes:
+        unet: Keyword arguments of ``diffusers.UNet2DConditionModel``.
+        text_encoder: Size of the ``CLIPTextModel`` (hidden_size, intermediate_size, layers, heads).
+        steps: Optimiser steps.
+        batch_size: Latents per step.
+        learning_rate: AdamW learning rate (linear warm-up, cosine decay to 10 %).
+        caption_dropout: Share of captions replaced by "" so the model also learns the unconditional
+            prediction that classifier-free guidance needs.
+        ema_decay: Decay of the exponential moving average of the weights that are saved (0 = no EMA).
+    """
+
+    unet: dict[str, Any] = field(default_factory=dict)
+    text_encoder: dict[str, Any] = field(default_factory=dict)
+    steps: int = 3000
+    batch_size: int = 128
+    learning_rate: float = 5e-4
+    caption_dropout: float = 0.1
+    ema_decay: float = 0.999
+
+    def __post_init__(self) -> None:
+        _positive("pretrain.denoiser", steps=self.steps, batch_size=self.batch_size, learning_rate=self.learning_rate)
+        if not 0 <= self.caption_dropout < 1:
+            raise ValueError(f"pretrain.denoiser.caption_dropout must be in [0, 1), got {self.caption_dropout}")
+        if not 0 <= self.ema_decay < 1:
+            raise ValueError(f"pretrain.denoiser.ema_decay must be in [0, 1), got {self.ema_decay}")
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    """All of ``pretrain``.
+
+    Attributes:
+        seed: Seeds the dataset, initialisation and training.
+        image_size: Side of the square images in pixels.
+        num_images: Rendered (caption, image) pairs.
+        skew: The training caption distribution (``dpok.world.CaptionSkew`` fields).
+        autoencoder: See :class:`AutoencoderConfig`.
+        denoiser: See :class:`DenoiserConfig`.
+        scheduler: ``DDIMScheduler`` keyword arguments (the noise schedule is shared by training).
+        tokenizer_max_length: Tokens per prompt including start/end tokens.
+    """
+
+    seed: int = 0
+    image_size: int = 32
+    num_images: int = 20000
+    skew: dict[str, Any] = field(default_factory=dict)
+    autoencoder: AutoencoderConfig = field(default_factory=AutoencoderConfig)
+    denoiser: DenoiserConfig = field(default_factory=DenoiserConfig)
+    scheduler: dict[str, Any] = field(default_factory=dict)
+    tokenizer_max_length: int = 16
+
+    def __post_init__(self) -> None:
+        _positive("pretrain", num_images=self.num_images, image_size=self.image_size)
+        if self.image_size % 8:
+            raise ValueError(f"pretrain.image_size must be a multiple of 8, got {self.image_size}")
+
+    @classmethod
+    def from_dict(cls, params: dict[str, Any]) -> PretrainConfig:
+        _check_keys(cls, params, "pretrain")
+        params = dict(params)
+        if "autoencoder" in params:
+            _check_keys(AutoencoderConfig, params["autoencoder"], "pretrain.autoencoder")
+            params["autoencoder"] = AutoencoderConfig(**params["autoencoder"])
+        if "denoiser" in params:
+            _check_keys(DenoiserConfig, params["denoiser"], "pretrain.denoiser")
+            params["denoiser"] = DenoiserConfig(**params["denoiser"])
+        return cls(**params)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)

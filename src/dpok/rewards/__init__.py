@@ -1,0 +1,27 @@
+"""Reward functions ``fn(images, prompts) -> scores`` chosen by name (see :mod:`dpok.rewards.registry`).
+
+Importing this package registers the built-in rewards: ``shapes_judge``, ``shapes_quality`` and
+``jpeg_compressibility``. Other modules register more with :func:`register_reward` when imported.
+"""
+
+from dpok.rewards import jpeg as _jpeg  # noqa: F401  (registers jpeg_compressibility)
+from dpok.rewards import shapes as _shapes  # noqa: F401  (registers shapes_judge, shapes_quality)
+from dpok.rewards.registry import (
+    RewardFactory,
+    RewardFn,
+    UnknownRewardError,
+    available_rewards,
+    get_reward_fn,
+    register_reward,
+    weighted_reward,
+)
+
+__all__ = [
+    "RewardFactory",
+    "RewardFn",
+    "UnknownRewardError",
+    "available_rewards",
+    "get_reward_fn",
+    "register_reward",
+    "weighted_reward",
+]

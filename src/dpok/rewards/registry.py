@@ -1,0 +1,143 @@
+"""A registry of reward functions, chosen by name from configuration (the ddpo-pytorch pattern).
+
+Every reward has one signature, ``fn(images, prompts) -> np.ndarray`` (float64, one score per
+image). The registry stores *factories*, ``factory(**kwargs) -> fn``, so a reward can be configured
+(e.g. a JPEG quality) and can load what it needs once, when it is built, not on every call. Modules
+register their rewards on import with :func:`register_reward`; ``dpok.rewards`` imports the built-in
+ones, and other modules (e.g. an ImageReward or aesthetic wrapper) can add theirs the same way.
+
+:func:`get_reward_fn` wraps every reward so that a wrong number of scores or a NaN/inf score raises
+at once, instead of silently poisoning an advantage estimate many steps later.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+RewardFn = Callable[[Any, Sequence[str]], np.ndarray]
+RewardFactory = Callable[..., RewardFn]
+
+_REGISTRY: dict[str, RewardFactory] = {}
+
+
+class UnknownRewardError(KeyError):
+    """A reward name that is not registered."""
+
+    def __str__(self) -> str:  # KeyError would show the message with quotes around it
+        return str(self.args[0])
+
+
+def register_reward(name: str, *, overwrite: bool = False) -> Callable[[RewardFactory], RewardFactory]:
+    """Decorator registering a reward factory under ``name``.
+
+    Raises:
+        ValueError: ``name`` is empty or already registered (pass ``overwrite=True`` to replace it).
+    """
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"a reward name must be a non-empty str, got {name!r}")
+
+    def decorator(factory: RewardFactory) -> RewardFactory:
+        if not callable(factory):
+            raise TypeError(f"register_reward({name!r}) decorates a factory function, got {type(factory).__name__}")
+        if name in _REGISTRY and not overwrite and _REGISTRY[name] is not factory:
+            raise ValueError(f"a reward named {name!r} is already registered; pass overwrite=True to replace it")
+        _REGISTRY[name] = factory
+        return factory
+
+    return decorator
+
+
+def available_rewards() -> list[str]:
+    """Names of all registered rewards, sorted."""
+    return sorted(_REGISTRY)
+
+
+def _factory(name: str) -> RewardFactory:
+    if name not in _REGISTRY:
+        raise UnknownRewardError(
+            f"unknown reward {name!r}; available rewards: {', '.join(available_rewards()) or '(none)'}. "
+            "Use one of these names, or import the module that registers it (modules register their "
+            "rewards with @register_reward on import)."
+        )
+    return _REGISTRY[name]
+
+
+def checked_scores(name: str, scores: Any, num_prompts: int) -> np.ndarray:
+    """``scores`` as a float64 ``(num_prompts,)`` array, or a ValueError naming the reward."""
+    array = np.asarray(scores, dtype=np.float64)
+    if array.shape != (num_prompts,):
+        raise ValueError(
+            f"reward {name!r} returned scores of shape {array.shape}; expected ({num_prompts},), one per image"
+        )
+    bad = np.flatnonzero(~np.isfinite(array))
+    if bad.size:
+        raise ValueError(
+            f"reward {name!r} returned {bad.size} non-finite score(s) (NaN/inf) at indices {bad[:10].tolist()}; "
+            "rewards must be finite"
+        )
+    return array
+
+
+def get_reward_fn(name: str, **kwargs: Any) -> RewardFn:
+    """Build the reward registered as ``name`` with ``kwargs`` for its factory.
+
+    Raises:
+        UnknownRewardError: (a KeyError) ``name`` is not registered; the message lists the names.
+        TypeError: ``kwargs`` do not fit the factory; the message lists what it accepts.
+    """
+    factory = _factory(name)
+    signature = inspect.signature(factory)
+    try:
+        signature.bind(**kwargs)
+    except TypeError as error:
+        raise TypeError(
+            f"reward {name!r} does not accept {sorted(kwargs)}: {error}; its options: {signature}"
+        ) from None
+    reward = factory(**kwargs)
+
+    def checked_reward(images: Any, prompts: Sequence[str]) -> np.ndarray:
+        if isinstance(prompts, str):
+            raise TypeError("prompts must be a list of strings, one per image, got a single str; wrap it: [prompt]")
+        return checked_scores(name, reward(images, prompts), len(prompts))
+
+    checked_reward.__name__ = f"reward_{name}"
+    checked_reward.__doc__ = f"The {name!r} reward (validated: one finite float64 score per image)."
+    return checked_reward
+
+
+def weighted_reward(weights: Mapping[str, float], **reward_kwargs: Mapping[str, Any]) -> RewardFn:
+    """``sum_i weight_i * reward_i(images, prompts)`` over the named rewards.
+
+    Args:
+        weights: ``{reward name: weight}``; non-empty, finite weights.
+        reward_kwargs: per-reward factory options, keyed by reward name, e.g.
+            ``weighted_reward({"shapes_judge": 1.0, "jpeg_compressibility": 0.1},
+            jpeg_compressibility={"quality": 90})``.
+    """
+    if not isinstance(weights, Mapping) or not weights:
+        raise ValueError(f"weighted_reward needs a non-empty {{name: weight}} mapping, got {weights!r}")
+    for name, weight in weights.items():
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight):
+            raise ValueError(f"weighted_reward: the weight of {name!r} must be a finite number, got {weight!r}")
+    stray = sorted(set(reward_kwargs) - set(weights))
+    if stray:
+        raise ValueError(
+            f"weighted_reward: options given for {stray}, which have no weight; weighted: {sorted(weights)}"
+        )
+    parts = [
+        (get_reward_fn(name, **dict(reward_kwargs.get(name, {}))), float(weight)) for name, weight in weights.items()
+    ]
+    label = " + ".join(f"{weight:g}*{name}" for name, weight in weights.items())
+
+    def combined(images: Any, prompts: Sequence[str]) -> np.ndarray:
+        total = sum(weight * reward(images, prompts) for reward, weight in parts)
+        return checked_scores(label, total, len(prompts))
+
+    combined.__name__ = "weighted_reward"
+    combined.__doc__ = f"Weighted reward {label}."
+    return combined

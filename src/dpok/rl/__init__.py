@@ -1,0 +1,75 @@
+"""DPOK (Fan et al., NeurIPS 2023) as a library: one concept per module, reading like DPOK.md.
+
+- :mod:`~dpok.rl.sampling`: the DDIM η step with its log-probability, trajectories (§2)
+- :mod:`~dpok.rl.kl`: the per-step KL and its bound, the adapter-disabled reference model (§3)
+- :mod:`~dpok.rl.value`: the value function V_φ(x_t, t, z) (§4)
+- :mod:`~dpok.rl.losses`: advantages, clipped surrogates, per-prompt reward normalisation (§4)
+- :mod:`~dpok.rl.buffer`: the FIFO transition buffer (§4)
+- :mod:`~dpok.rl.config`: ``FinetuneConfig``
+- :mod:`~dpok.rl.checkpoint`: atomic checkpoints, resume
+- :mod:`~dpok.rl.trainer`: ``train_dpok``, the rounds
+
+No Kedro and no reward model here: a reward is a callable ``reward_fn(images_uint8_NHWC, prompts)``.
+"""
+
+from dpok.rl.buffer import TransitionBatch, TransitionBuffer
+from dpok.rl.checkpoint import TrainingState, latest_checkpoint, list_checkpoints, load_checkpoint, save_checkpoint
+from dpok.rl.config import SHAPES_LORA_TARGETS, FinetuneConfig
+from dpok.rl.kl import KL_FORMS, eps_mse, gaussian_kl, reference_model, step_kl, trajectory_kl_bound
+from dpok.rl.losses import (
+    CLIP_MODES,
+    PerPromptRewardNormaliser,
+    advantages,
+    policy_loss,
+    policy_loss_dpok_clamp,
+    policy_loss_ppo,
+)
+from dpok.rl.sampling import (
+    Trajectory,
+    ddim_step_mean_std,
+    ddim_step_with_logprob,
+    gaussian_log_prob,
+    guided_noise_prediction,
+    sample_trajectories,
+    validate_scheduler_for_logprob,
+)
+from dpok.rl.trainer import METRIC_NAMES, TrainingResult, train_dpok
+from dpok.rl.value import ValueFunction, prompt_text_feature, value_loss, value_update
+
+__all__ = [
+    "CLIP_MODES",
+    "KL_FORMS",
+    "METRIC_NAMES",
+    "SHAPES_LORA_TARGETS",
+    "FinetuneConfig",
+    "PerPromptRewardNormaliser",
+    "TrainingResult",
+    "TrainingState",
+    "Trajectory",
+    "TransitionBatch",
+    "TransitionBuffer",
+    "ValueFunction",
+    "advantages",
+    "ddim_step_mean_std",
+    "ddim_step_with_logprob",
+    "eps_mse",
+    "gaussian_kl",
+    "gaussian_log_prob",
+    "guided_noise_prediction",
+    "latest_checkpoint",
+    "list_checkpoints",
+    "load_checkpoint",
+    "policy_loss",
+    "policy_loss_dpok_clamp",
+    "policy_loss_ppo",
+    "prompt_text_feature",
+    "reference_model",
+    "sample_trajectories",
+    "save_checkpoint",
+    "step_kl",
+    "train_dpok",
+    "trajectory_kl_bound",
+    "validate_scheduler_for_logprob",
+    "value_loss",
+    "value_update",
+]

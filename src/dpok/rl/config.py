@@ -1,0 +1,179 @@
+"""``FinetuneConfig``: every hyperparameter of a DPOK run, named, documented and validated.
+
+Defaults run on the shapes world's tiny base model (8×8×4 latents) on a CPU; the paper's values for
+Stable Diffusion v1.5 are in DPOK.md §5 (``conf/sd15``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+from dpok.rl.kl import KL_FORMS
+from dpok.rl.losses import CLIP_MODES
+
+SHAPES_LORA_TARGETS = (
+    "to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2", "conv1", "conv2",
+)
+
+# May differ between a checkpoint and the run resuming from it; any other change is refused on resume.
+RESUMABLE_CHANGES = frozenset(
+    {"num_rounds", "checkpoint_every", "keep_last_checkpoints", "resume", "kl_report_trajectories", "sample_batch_size"}
+)
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    """Parameters of DPOK fine-tuning (``parameters_finetune.yml``, key ``finetune``).
+
+    Attributes:
+        seed: Seeds everything: prompt choice, sampling noise, minibatch draws, LoRA and value-net init.
+        num_rounds: Rounds of sample → reward → value steps → policy steps.
+        g_batch: Trajectories sampled per round (prompts drawn uniformly, with replacement).
+        sample_batch_size: Trajectories per sampler call (memory knob); None samples all g_batch at once.
+            Each trajectory has its own noise stream, so this does not change the samples.
+        num_inference_steps: DDIM steps T per trajectory.
+        guidance_scale: CFG weight w (CFG is off for w <= 1).
+        eta: DDIM η; must be in (0, 1] so every step is a Gaussian with a density.
+        lora_rank: LoRA rank r.
+        lora_alpha: LoRA α (the update is scaled by α/r).
+        lora_target_modules: UNet module names LoRA attaches to. The default reaches the ResNet
+            convolutions and feed-forward layers: attention-only LoRA learned nothing on the tiny model
+            (SHAPES_WORLD.md).
+        learning_rate: AdamW learning rate of the LoRA weights.
+        adam_weight_decay: AdamW weight decay of the LoRA weights.
+        max_grad_norm: Gradient-norm clip of each policy step.
+        reward_weight: α, the advantage's scale A = α·(r − V).
+        kl_weight: β, weight of the KL penalty (0 disables it and skips the reference forward pass).
+        kl_form: ``"exact"`` (Gaussian KL in nats) or ``"eps_mse"`` (official mean((ε̄_θ − ε̄_pre)²)).
+        clip_mode: ``"ppo"`` (max(−Aρ, −A·clip(ρ))) or ``"dpok_clamp"`` (official −A·clamp(ρ)).
+        clip_range: ε of the ratio clip [1−ε, 1+ε] (official 1e-4 is for SD's 16 384-element latents).
+        buffer_size: FIFO buffer capacity in transitions.
+        p_batch: Transitions per policy micro-batch.
+        accum: Micro-batches accumulated per policy step.
+        p_step: Policy steps per round.
+        use_value_function: Learn V_φ and use A = α·(r − V); otherwise A = α·r.
+        value_learning_rate: AdamW learning rate of the value function.
+        value_batch_size: Transitions per value step.
+        value_steps: Value steps per round (before the policy steps).
+        per_prompt_normalisation: Standardise rewards per prompt (DDPO) before the advantage.
+        per_prompt_window: Rewards remembered per prompt for that standardisation.
+        per_prompt_min_count: Below this many rewards a prompt uses the batch's statistics.
+        kl_report_trajectories: Fresh trajectories per round on which the exact KL bound is reported
+            (0 skips the report; the metric is then NaN).
+        checkpoint_every: Write a checkpoint every this many rounds (and after the last round).
+        keep_last_checkpoints: Checkpoints kept on disk; older ones are deleted.
+        resume: Continue from the latest checkpoint in the checkpoint folder if there is one; False starts
+            fresh and deletes the old checkpoints once the new run's first checkpoint is written.
+    """
+
+    seed: int = 0
+    num_rounds: int = 50
+    g_batch: int = 16
+    sample_batch_size: int | None = None
+    num_inference_steps: int = 20
+    guidance_scale: float = 3.0
+    eta: float = 1.0
+    lora_rank: int = 4
+    lora_alpha: float = 4.0
+    lora_target_modules: tuple[str, ...] = field(default=SHAPES_LORA_TARGETS)
+    learning_rate: float = 1e-3
+    adam_weight_decay: float = 1e-2
+    max_grad_norm: float = 1.0
+    reward_weight: float = 10.0
+    kl_weight: float = 0.01
+    kl_form: str = "eps_mse"
+    clip_mode: str = "ppo"
+    clip_range: float = 1e-2
+    buffer_size: int = 1000
+    p_batch: int = 32
+    accum: int = 2
+    p_step: int = 5
+    use_value_function: bool = True
+    value_learning_rate: float = 1e-4
+    value_batch_size: int = 128
+    value_steps: int = 5
+    per_prompt_normalisation: bool = False
+    per_prompt_window: int = 32
+    per_prompt_min_count: int = 8
+    kl_report_trajectories: int = 4
+    checkpoint_every: int = 10
+    keep_last_checkpoints: int = 2
+    resume: bool = True
+
+    def __post_init__(self) -> None:
+        def fail(name: str, requirement: str) -> None:
+            raise ValueError(f"finetune.{name} must be {requirement}, got {getattr(self, name)!r}")
+
+        def integer(name: str, minimum: int) -> None:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+                fail(name, f"an integer >= {minimum}")
+
+        def number(name: str, *, gt: float | None = None, ge: float | None = None, le: float | None = None,
+                   lt: float | None = None) -> None:
+            value = getattr(self, name)
+            bounds = [(gt, ">", lambda v, b: v > b), (ge, ">=", lambda v, b: v >= b),
+                      (le, "<=", lambda v, b: v <= b), (lt, "<", lambda v, b: v < b)]
+            requirement = " and ".join(f"{op} {b}" for b, op, _ in bounds if b is not None)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+                fail(name, f"a number {requirement}")
+            if not all(ok(value, b) for b, _, ok in bounds if b is not None):
+                fail(name, requirement)
+
+        def boolean(name: str) -> None:
+            if not isinstance(getattr(self, name), bool):
+                fail(name, "true or false")
+
+        integer("seed", 0)
+        for name in ("num_rounds", "g_batch", "num_inference_steps", "lora_rank", "buffer_size", "p_batch",
+                     "accum", "p_step", "value_batch_size", "checkpoint_every", "keep_last_checkpoints"):
+            integer(name, 1)
+        for name in ("value_steps", "kl_report_trajectories"):
+            integer(name, 0)
+        if self.sample_batch_size is not None:
+            integer("sample_batch_size", 1)
+        number("guidance_scale", ge=0)
+        number("eta", gt=0, le=1)
+        number("lora_alpha", gt=0)
+        number("learning_rate", gt=0)
+        number("adam_weight_decay", ge=0)
+        number("max_grad_norm", gt=0)
+        number("reward_weight", gt=0)
+        number("kl_weight", ge=0)
+        number("clip_range", gt=0, lt=1)
+        number("value_learning_rate", gt=0)
+        for name in ("use_value_function", "per_prompt_normalisation", "resume"):
+            boolean(name)
+
+        targets = self.lora_target_modules
+        if not isinstance(targets, (list, tuple)) or not targets or not all(isinstance(t, str) and t for t in targets):
+            fail("lora_target_modules", "a non-empty list of module names")
+        object.__setattr__(self, "lora_target_modules", tuple(targets))
+        if self.kl_form not in KL_FORMS:
+            fail("kl_form", f"one of {list(KL_FORMS)}")
+        if self.clip_mode not in CLIP_MODES:
+            fail("clip_mode", f"one of {list(CLIP_MODES)}")
+        if self.p_batch > self.buffer_size:
+            fail("p_batch", f"<= finetune.buffer_size ({self.buffer_size})")
+        if self.value_batch_size > self.buffer_size:
+            fail("value_batch_size", f"<= finetune.buffer_size ({self.buffer_size})")
+        integer("per_prompt_window", 2)
+        integer("per_prompt_min_count", 2)
+        if self.per_prompt_min_count > self.per_prompt_window:
+            fail("per_prompt_min_count", f"<= finetune.per_prompt_window ({self.per_prompt_window})")
+
+    @classmethod
+    def from_dict(cls, params: dict[str, Any]) -> FinetuneConfig:
+        """Build from a parameters dictionary; unknown keys are an error that lists the known ones."""
+        known = {f.name for f in fields(cls)}
+        unknown = set(params) - known
+        if unknown:
+            raise ValueError(f"unknown key(s) under 'finetune': {sorted(unknown)}; expected some of {sorted(known)}")
+        return cls(**params)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON/YAML types (the target modules as a list)."""
+        data = asdict(self)
+        data["lora_target_modules"] = list(self.lora_target_modules)
+        return data

@@ -1,0 +1,94 @@
+"""The policy objective of DPOK.md §4: advantages, the clipped surrogates, per-prompt reward statistics.
+
+All losses are *minimised* and averaged over the micro-batch. ``ratio`` is
+ρ = exp(log p_θ(x_{t−1}|x_t,z) − log p_old(x_{t−1}|x_t,z)).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+CLIP_MODES = ("ppo", "dpok_clamp")
+
+
+def advantages(rewards: torch.Tensor, values: torch.Tensor | None = None, reward_weight: float = 1.0) -> torch.Tensor:
+    """A = α·(r − V(x_t, t, z)) with the value detached, or α·r without a value function."""
+    if values is None:
+        return reward_weight * rewards
+    return reward_weight * (rewards - values.detach())
+
+
+def policy_loss_ppo(advantages: torch.Tensor, ratio: torch.Tensor, clip_range: float) -> torch.Tensor:
+    """PPO's pessimistic clip: mean(max(−Aρ, −A·clip(ρ, 1−ε, 1+ε))).
+
+    The gradient vanishes only where moving ρ further would improve the objective beyond the band
+    (A > 0 and ρ > 1+ε, or A < 0 and ρ < 1−ε).
+    """
+    unclipped = -advantages * ratio
+    clipped = -advantages * torch.clamp(ratio, 1.0 - clip_range, 1.0 + clip_range)
+    return torch.mean(torch.maximum(unclipped, clipped))
+
+
+def policy_loss_dpok_clamp(advantages: torch.Tensor, ratio: torch.Tensor, clip_range: float) -> torch.Tensor:
+    """The official code's hard clamp: mean(−A·clamp(ρ, 1−ε, 1+ε)); no gradient once ρ leaves the band."""
+    return torch.mean(-advantages * torch.clamp(ratio, 1.0 - clip_range, 1.0 + clip_range))
+
+
+POLICY_LOSSES = {"ppo": policy_loss_ppo, "dpok_clamp": policy_loss_dpok_clamp}
+
+
+def policy_loss(clip_mode: str, advantages: torch.Tensor, ratio: torch.Tensor, clip_range: float) -> torch.Tensor:
+    """The clipped surrogate named by ``clip_mode`` (``"ppo"`` or ``"dpok_clamp"``)."""
+    if clip_mode not in POLICY_LOSSES:
+        raise ValueError(f"clip_mode must be one of {CLIP_MODES}, got {clip_mode!r}")
+    return POLICY_LOSSES[clip_mode](advantages, ratio, clip_range)
+
+
+class PerPromptRewardNormaliser:
+    """DDPO-style per-prompt reward standardisation over the last ``window`` rewards of each prompt.
+
+    A batch's rewards are first added to their prompts' histories, then each reward is standardised
+    with its prompt's mean and std. Prompts with fewer than ``min_count`` rewards so far use the
+    statistics of the whole batch instead.
+    """
+
+    def __init__(self, window: int = 32, min_count: int = 8, eps: float = 1e-6) -> None:
+        if window < 2 or min_count < 2 or min_count > window:
+            raise ValueError(f"need 2 <= min_count <= window, got window={window}, min_count={min_count}")
+        self.window, self.min_count, self.eps = int(window), int(min_count), float(eps)
+        self._history: dict[str, deque[float]] = {}
+
+    def __call__(self, prompts: Sequence[str], rewards: np.ndarray) -> np.ndarray:
+        rewards = np.asarray(rewards, dtype=np.float64)
+        if len(prompts) != len(rewards):
+            raise ValueError(f"{len(prompts)} prompts but {len(rewards)} rewards")
+        for prompt, reward in zip(prompts, rewards):
+            self._history.setdefault(prompt, deque(maxlen=self.window)).append(float(reward))
+        batch_mean, batch_std = rewards.mean(), rewards.std()
+        normalised = np.empty_like(rewards)
+        for i, (prompt, reward) in enumerate(zip(prompts, rewards)):
+            history = self._history[prompt]
+            if len(history) >= self.min_count:
+                mean, std = np.mean(history), np.std(history)
+            else:
+                mean, std = batch_mean, batch_std
+            normalised[i] = (reward - mean) / (std + self.eps)
+        return normalised
+
+    def state_dict(self) -> dict[str, Any]:
+        """JSON-serialisable state."""
+        return {
+            "window": self.window,
+            "min_count": self.min_count,
+            "eps": self.eps,
+            "history": {prompt: list(values) for prompt, values in self._history.items()},
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.window, self.min_count, self.eps = int(state["window"]), int(state["min_count"]), float(state["eps"])
+        self._history = {p: deque(map(float, v), maxlen=self.window) for p, v in state["history"].items()}

@@ -1,0 +1,339 @@
+"""The stochastic DDIM sampler as a policy: one step with its log-probability, and whole trajectories.
+
+DPOK.md §2. A denoising step is the Gaussian ``p_θ(x_{t−1} | x_t, z) = N(μ_θ, σ_t² I)`` with
+
+    x̂_0 = (x_t − sqrt(1 − ᾱ_t) · ε̄) / sqrt(ᾱ_t)
+    σ_t = η · sqrt((1 − ᾱ_{t−1}) / (1 − ᾱ_t)) · sqrt(1 − ᾱ_t / ᾱ_{t−1})
+    μ   = sqrt(ᾱ_{t−1}) · x̂_0 + sqrt(1 − ᾱ_{t−1} − σ_t²) · ε̄
+
+computed in the same order of operations as diffusers' ``DDIMScheduler.step`` so that, for the same
+noise, the sample is the one diffusers produces. The log-probability is averaged over the latent's
+elements (as in the official code and DDPO), so a ratio-clip width like 1e-4 is meaningful.
+
+σ_t = 0 steps have no density. We refuse them rather than leaving them out of the loss:
+:func:`validate_scheduler_for_logprob` checks every step of a schedule before sampling, and the step
+itself raises if it meets one (e.g. ``set_alpha_to_one=True`` makes the last step deterministic; use
+Stable Diffusion's ``set_alpha_to_one=False, steps_offset=1``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from diffusers import DDIMScheduler
+from diffusers.utils.torch_utils import randn_tensor
+
+SUPPORTED_PREDICTION_TYPES = ("epsilon", "v_prediction")
+
+Generator = torch.Generator | list[torch.Generator] | None
+
+
+def _check_scheduler_config(scheduler: DDIMScheduler) -> None:
+    """Refuse configurations under which the step is not the Gaussian of DPOK.md §2."""
+    if not isinstance(scheduler, DDIMScheduler):
+        raise ValueError(
+            f"DPOK's log-probabilities are those of the DDIM sampler; got a {type(scheduler).__name__}. "
+            "Use DDIMScheduler.from_config(pipeline.scheduler.config)"
+        )
+    config = scheduler.config
+    if config.clip_sample:
+        raise ValueError(
+            "scheduler.config.clip_sample=True clips x̂_0, so the step is no longer Gaussian in ε̄ and its "
+            "log-probability would be wrong; set clip_sample=False (Stable Diffusion's setting)"
+        )
+    if config.thresholding:
+        raise ValueError(
+            "scheduler.config.thresholding=True (dynamic thresholding of x̂_0) makes the step non-Gaussian; "
+            "set thresholding=False"
+        )
+    if config.prediction_type not in SUPPORTED_PREDICTION_TYPES:
+        raise ValueError(
+            f"scheduler.config.prediction_type={config.prediction_type!r} is not supported; "
+            f"use one of {SUPPORTED_PREDICTION_TYPES}"
+        )
+
+
+def _alpha_products(
+    scheduler: DDIMScheduler, timestep: int | torch.Tensor, sample: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """ᾱ_t and ᾱ_{t−1} shaped to broadcast against ``sample`` ((B, 1, ..., 1) or (1, ..., 1)).
+
+    ᾱ_{t−1} follows diffusers: the previous timestep is ``t − num_train_timesteps // num_inference_steps``
+    and the scheduler's ``final_alpha_cumprod`` where that is negative.
+    """
+    if scheduler.num_inference_steps is None:
+        raise ValueError("scheduler.num_inference_steps is None: call scheduler.set_timesteps(n) first")
+    alphas_cumprod = scheduler.alphas_cumprod
+    t = torch.as_tensor(timestep, device=alphas_cumprod.device).long().reshape(-1)
+    prev_t = t - scheduler.config.num_train_timesteps // scheduler.num_inference_steps
+    alpha_t = alphas_cumprod[t]
+    final = scheduler.final_alpha_cumprod.to(alphas_cumprod)
+    alpha_prev = torch.where(prev_t >= 0, alphas_cumprod[prev_t.clamp(min=0)], final)
+    shape = (-1,) + (1,) * (sample.ndim - 1)
+    pair = torch.stack([alpha_t, alpha_prev]).to(sample.device)
+    return pair[0].reshape(shape), pair[1].reshape(shape)
+
+
+def ddim_step_mean_std(
+    scheduler: DDIMScheduler,
+    model_output: torch.Tensor,
+    timestep: int | torch.Tensor,
+    sample: torch.Tensor,
+    eta: float = 1.0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean μ and standard deviation σ_t of the DDIM step ``x_t → x_{t−1}`` (DPOK.md §2).
+
+    ``timestep`` is a scalar or a tensor of shape (B,). Returns ``mean`` shaped like ``sample`` and
+    ``std`` shaped to broadcast against it: (B, 1, ..., 1) for batched timesteps, (1, ..., 1) otherwise.
+    """
+    _check_scheduler_config(scheduler)
+    alpha_t, alpha_prev = _alpha_products(scheduler, timestep, sample)
+    beta_t = 1 - alpha_t
+    if scheduler.config.prediction_type == "epsilon":
+        pred_original_sample = (sample - beta_t**0.5 * model_output) / alpha_t**0.5
+        pred_epsilon = model_output
+    else:  # v_prediction
+        pred_original_sample = alpha_t**0.5 * sample - beta_t**0.5 * model_output
+        pred_epsilon = alpha_t**0.5 * model_output + beta_t**0.5 * sample
+    variance = ((1 - alpha_prev) / beta_t) * (1 - alpha_t / alpha_prev)
+    std = eta * variance**0.5
+    # clamp: rounding can make 1 − ᾱ_{t−1} − σ_t² a hair below zero at η = 1, which would give NaN
+    direction = (1 - alpha_prev - std**2).clamp(min=0) ** 0.5 * pred_epsilon
+    mean = alpha_prev**0.5 * pred_original_sample + direction
+    return mean, std
+
+
+def gaussian_log_prob(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """log N(x; mean, std²) per element, averaged over all but the batch dimension (float32)."""
+    x, mean, std = x.float(), mean.float(), std.float()
+    log_density = -((x - mean) ** 2) / (2 * std**2) - torch.log(std) - 0.5 * math.log(2 * math.pi)
+    return log_density.mean(dim=tuple(range(1, log_density.ndim)))
+
+
+def ddim_step_with_logprob(
+    scheduler: DDIMScheduler,
+    model_output: torch.Tensor,
+    timestep: int | torch.Tensor,
+    sample: torch.Tensor,
+    eta: float = 1.0,
+    prev_sample: torch.Tensor | None = None,
+    generator: Generator = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One DDIM step: draw ``x_{t−1}`` (or take ``prev_sample``) and return it with its log-probability.
+
+    The log-probability is that of ``N(μ_θ, σ_t² I)`` averaged over the non-batch dimensions, shape (B,).
+    Noise is drawn as diffusers draws it (``randn_tensor(model_output.shape, generator=...)``), so with the
+    same generator the sample equals ``DDIMScheduler.step(..., eta=eta, generator=...)``.
+    Raises ``ValueError`` for σ_t = 0 steps, which have no density.
+    """
+    mean, std = ddim_step_mean_std(scheduler, model_output, timestep, sample, eta)
+    if not bool(torch.all(std > 0)):
+        raise ValueError(
+            f"σ_t = 0 at timestep {timestep} (eta={eta}): the step is deterministic and has no "
+            "log-probability. Use eta > 0 and a scheduler with set_alpha_to_one=False "
+            "(see validate_scheduler_for_logprob)"
+        )
+    if prev_sample is None:
+        noise = randn_tensor(
+            model_output.shape, generator=generator, device=model_output.device, dtype=model_output.dtype
+        )
+        prev_sample = mean + std * noise
+    return prev_sample, gaussian_log_prob(prev_sample, mean, std)
+
+
+def validate_scheduler_for_logprob(scheduler: DDIMScheduler, num_inference_steps: int, eta: float = 1.0) -> None:
+    """Raise ``ValueError`` unless every step of the ``num_inference_steps`` schedule has a density.
+
+    Checks the configuration (DDIM, no clipping or thresholding, ε- or v-prediction), η > 0, and that
+    ᾱ_t > 0 and σ_t > 0 at every step, without changing ``scheduler``.
+    """
+    _check_scheduler_config(scheduler)
+    if not eta > 0:
+        raise ValueError(f"eta must be > 0 for the DDIM step to be stochastic, got {eta}")
+    probe = DDIMScheduler.from_config(scheduler.config)
+    probe.set_timesteps(num_inference_steps)
+    reference = torch.zeros(len(probe.timesteps), 1)
+    alpha_t, alpha_prev = _alpha_products(probe, probe.timesteps, reference)
+    variance = ((1 - alpha_prev) / (1 - alpha_t)) * (1 - alpha_t / alpha_prev)
+    for index, t in enumerate(probe.timesteps.tolist()):
+        if not alpha_t[index].item() > 0:
+            raise ValueError(
+                f"ᾱ_t = 0 at step {index} (timestep {t}), so x̂_0 is undefined; zero-terminal-SNR schedules "
+                "(rescale_betas_zero_snr=True) with ε-prediction are not supported"
+            )
+        sigma = float(variance[index].clamp(min=0).sqrt())
+        if not (math.isfinite(sigma) and sigma > 0):
+            hint = ""
+            if index == len(probe.timesteps) - 1:
+                hint = (
+                    " set_alpha_to_one=True makes ᾱ_{t−1} = 1 at the last step"
+                    if scheduler.config.set_alpha_to_one
+                    else " the last step lands on its own ᾱ (timestep 0 with set_alpha_to_one=False)"
+                ) + "; use set_alpha_to_one=False with steps_offset=1 (Stable Diffusion's settings)"
+            raise ValueError(
+                f"σ_t = {sigma} at step {index} of {num_inference_steps} (timestep {t}): the step has no "
+                f"density and its log-probability would be -inf/NaN.{hint}"
+            )
+
+
+def guided_noise_prediction(
+    unet: torch.nn.Module,
+    latents: torch.Tensor,
+    timesteps: int | torch.Tensor,
+    prompt_embeds: torch.Tensor,
+    negative_prompt_embeds: torch.Tensor | None,
+    guidance_scale: float,
+) -> torch.Tensor:
+    """The CFG prediction ε̄ = ε(∅) + w·(ε(z) − ε(∅)) in one batched UNet call (no CFG without negatives).
+
+    ``timesteps`` is a scalar or a (B,) tensor (one per latent).
+    """
+    if negative_prompt_embeds is None:
+        return unet(latents, timesteps, encoder_hidden_states=prompt_embeds, return_dict=False)[0]
+    model_input = torch.cat([latents, latents])
+    if isinstance(timesteps, torch.Tensor) and timesteps.ndim == 1:
+        timesteps = torch.cat([timesteps, timesteps])
+    embeds = torch.cat([negative_prompt_embeds, prompt_embeds])
+    prediction = unet(model_input, timesteps, encoder_hidden_states=embeds, return_dict=False)[0]
+    uncond, text = prediction.chunk(2)
+    return uncond + guidance_scale * (text - uncond)
+
+
+@dataclass
+class Trajectory:
+    """A batch of sampled denoising trajectories, everything the update needs to replay its steps.
+
+    Attributes:
+        prompts: One prompt per trajectory.
+        latents: ``x_T .. x_0``, shape (B, T+1, C, H, W).
+        timesteps: The scheduler timesteps of the T steps, shape (T,), step i goes latents[:, i] → [:, i+1].
+        log_probs: log p_θ(x_{t−1} | x_t, z) of each step under the sampling policy, shape (B, T).
+        noise_preds: The guided predictions ε̄_θ used at each step, shape (B, T, C, H, W) (for the KL report).
+        prompt_embeds: Conditional text embeddings (B, L, D).
+        negative_prompt_embeds: Unconditional embeddings (B, L, D), or None when sampled without CFG.
+        images: Decoded ``x_0`` as uint8 (B, H, W, 3), or None for ``output_type="latent"``.
+        guidance_scale: CFG weight w used.
+        eta: DDIM η used.
+    """
+
+    prompts: list[str]
+    latents: torch.Tensor
+    timesteps: torch.Tensor
+    log_probs: torch.Tensor
+    noise_preds: torch.Tensor
+    prompt_embeds: torch.Tensor
+    negative_prompt_embeds: torch.Tensor | None
+    images: np.ndarray | None
+    guidance_scale: float
+    eta: float
+
+    @property
+    def batch_size(self) -> int:
+        return self.latents.shape[0]
+
+    @property
+    def num_steps(self) -> int:
+        return self.timesteps.shape[0]
+
+    @classmethod
+    def concatenate(cls, parts: Sequence[Trajectory]) -> Trajectory:
+        """Join trajectory batches sampled with the same schedule along the batch dimension."""
+        first = parts[0]
+        if len(parts) == 1:
+            return first
+        if any(not torch.equal(p.timesteps, first.timesteps) for p in parts):
+            raise ValueError("cannot concatenate trajectories sampled with different timesteps")
+        has_negative = first.negative_prompt_embeds is not None
+        return cls(
+            prompts=[prompt for p in parts for prompt in p.prompts],
+            latents=torch.cat([p.latents for p in parts]),
+            timesteps=first.timesteps,
+            log_probs=torch.cat([p.log_probs for p in parts]),
+            noise_preds=torch.cat([p.noise_preds for p in parts]),
+            prompt_embeds=torch.cat([p.prompt_embeds for p in parts]),
+            negative_prompt_embeds=torch.cat([p.negative_prompt_embeds for p in parts]) if has_negative else None,
+            images=None if first.images is None else np.concatenate([p.images for p in parts]),
+            guidance_scale=first.guidance_scale,
+            eta=first.eta,
+        )
+
+
+def images_to_uint8(images: np.ndarray) -> np.ndarray:
+    """Float images in [0, 1] to uint8, rounding as diffusers' ``numpy_to_pil`` does."""
+    return (np.clip(images, 0.0, 1.0) * 255).round().astype(np.uint8)
+
+
+@torch.no_grad()
+def sample_trajectories(
+    pipeline,
+    prompts: Sequence[str],
+    *,
+    num_inference_steps: int,
+    guidance_scale: float,
+    eta: float = 1.0,
+    generator: Generator = None,
+    latents: torch.Tensor | None = None,
+    output_type: str = "np",
+) -> Trajectory:
+    """Sample one trajectory per prompt with a ``StableDiffusionPipeline``'s components, with log-probs.
+
+    Same computation and random draws as ``pipeline(prompts, num_inference_steps=..., guidance_scale=...,
+    eta=..., generator=...)``: CFG iff ``guidance_scale > 1``, empty negative prompt, initial noise and
+    per-step noise from ``generator`` (one generator, or one per prompt). ``output_type`` is ``"np"``
+    (decode to uint8 NHWC images) or ``"latent"`` (no decoding, ``images`` is None).
+    """
+    if output_type not in ("np", "latent"):
+        raise ValueError(f"output_type must be 'np' or 'latent', got {output_type!r}")
+    prompts = list(prompts)
+    if not prompts:
+        raise ValueError("sample_trajectories needs at least one prompt")
+    if getattr(pipeline.unet.config, "time_cond_proj_dim", None) is not None:
+        raise ValueError("UNets with a guidance embedding (time_cond_proj_dim, e.g. LCM) are not supported")
+    scheduler = pipeline.scheduler
+    validate_scheduler_for_logprob(scheduler, num_inference_steps, eta)
+    device = pipeline._execution_device
+    do_cfg = guidance_scale > 1.0
+
+    prompt_embeds, negative_prompt_embeds = pipeline.encode_prompt(prompts, device, 1, do_cfg)
+    if not do_cfg:
+        negative_prompt_embeds = None
+    scheduler.set_timesteps(num_inference_steps, device=device)
+    timesteps = scheduler.timesteps
+    height = width = pipeline.unet.config.sample_size * pipeline.vae_scale_factor
+    x = pipeline.prepare_latents(
+        len(prompts), pipeline.unet.config.in_channels, height, width, prompt_embeds.dtype, device, generator, latents
+    )
+
+    all_latents, all_log_probs, all_noise_preds = [x], [], []
+    for t in timesteps:
+        model_input = scheduler.scale_model_input(x, t)
+        noise_pred = guided_noise_prediction(
+            pipeline.unet, model_input, t, prompt_embeds, negative_prompt_embeds, guidance_scale
+        )
+        x, log_prob = ddim_step_with_logprob(scheduler, noise_pred, t, x, eta, generator=generator)
+        all_latents.append(x)
+        all_log_probs.append(log_prob)
+        all_noise_preds.append(noise_pred)
+
+    images = None
+    if output_type == "np":
+        decoded = pipeline.vae.decode(x / pipeline.vae.config.scaling_factor, return_dict=False, generator=generator)[0]
+        decoded = pipeline.image_processor.postprocess(decoded, output_type="np", do_denormalize=[True] * len(prompts))
+        images = images_to_uint8(decoded)
+
+    return Trajectory(
+        prompts=prompts,
+        latents=torch.stack(all_latents, dim=1),
+        timesteps=timesteps.detach().clone(),
+        log_probs=torch.stack(all_log_probs, dim=1),
+        noise_preds=torch.stack(all_noise_preds, dim=1),
+        prompt_embeds=prompt_embeds,
+        negative_prompt_embeds=negative_prompt_embeds,
+        images=images,
+        guidance_scale=float(guidance_scale),
+        eta=float(eta),
+    )

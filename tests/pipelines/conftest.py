@@ -1,0 +1,102 @@
+"""Fixtures for the pipeline tests: the evaluation catalog on tmp paths, a tiny model, a LoRA."""
+
+import copy
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+XSS_PROMPT = "<img src=x onerror=alert(1)>"
+
+# Tiny-model words only (dpok.models.build_tiny_pipeline), plus the escaping case.
+EVAL_PROMPTS_CSV = f"""prompt,category,split
+a red circle,color,train
+a blue square,color,train
+a dog on the left,location,train
+a green cat,color,heldout
+"{XSS_PROMPT}",location,heldout
+"""
+
+TINY_SAMPLING = {
+    "images_per_prompt": 4,
+    "seed": 0,
+    "num_inference_steps": 3,
+    "guidance_scale": 3.0,
+    "eta": 1.0,
+    "batch_size": 6,
+    "device": "cpu",
+    "rewards": ["jpeg_compressibility"],
+    "quality": ["test_mean_brightness"],
+}
+
+
+def register_test_rewards() -> None:
+    """A prompt-free "quality" reward for the tiny model (the shapes rewards need shapes prompts)."""
+    from dpok.rewards import register_reward
+
+    @register_reward("test_mean_brightness", overwrite=True)
+    def _mean_brightness():
+        def reward(images, prompts):
+            return np.asarray(images, dtype=np.float64).mean(axis=(1, 2, 3)) / 255.0
+
+        return reward
+
+
+def _local_entry(entry: dict, root: Path) -> dict:
+    """A catalog entry without its MLflow wrapper, with its path under ``root``."""
+    entry = copy.deepcopy(entry)
+    if entry["type"].endswith("MlflowArtifactDataset"):
+        entry = entry["dataset"]
+    if entry["type"].endswith("MlflowMetricsHistoryDataset"):
+        return {"type": "MemoryDataset"}
+    for key in ("filepath", "path"):
+        if key in entry:
+            entry[key] = str(root / entry[key])
+    return entry
+
+
+def make_evaluation_catalog(project_root: Path, root: Path, sampling: dict | None = None):
+    """The project's ``catalog_evaluation.yml`` with every path under ``root`` and MLflow left out,
+    plus a prompt file and the parameters (tiny settings)."""
+    from kedro.io import DataCatalog
+
+    register_test_rewards()
+    config = yaml.safe_load((project_root / "conf/base/catalog_evaluation.yml").read_text())
+    catalog = DataCatalog.from_config({name: _local_entry(entry, root) for name, entry in config.items()})
+    prompt_file = root / "prompts.csv"
+    prompt_file.write_text(EVAL_PROMPTS_CSV)
+    catalog["params:prompts"] = {"path": str(prompt_file), "max_chars": 300, "heldout_fraction": 0.0}
+    catalog["params:pretrained"] = dict(sampling or TINY_SAMPLING)
+    catalog["params:evaluate"] = {"bootstrap_resamples": 200, "grid_max_prompts": 4, "grid_seeds": 2}
+    catalog["params:human_eval"] = {"seed": 3, "pairs_per_prompt": 2}
+    catalog["params:human_eval_import"] = {"confidence": 0.95}
+    return catalog
+
+
+def make_lora(folder: Path, scale: float) -> Path:
+    """A diffusers-format LoRA for the tiny model; ``scale=0`` leaves B at zero (the base model)."""
+    import torch
+
+    from dpok.models import attach_lora, build_tiny_pipeline, save_lora
+
+    pipeline = build_tiny_pipeline(seed=0)
+    attach_lora(pipeline.unet, rank=4, alpha=4.0, target_modules=["to_q", "to_k", "to_v", "to_out.0", "conv1", "conv2"])
+    if scale:
+        generator = torch.Generator().manual_seed(1)
+        with torch.no_grad():
+            for name, weight in pipeline.unet.named_parameters():
+                if "lora_B" in name:
+                    weight.copy_(torch.randn(weight.shape, generator=generator) * scale)
+    save_lora(pipeline.unet, folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_base_model():
+    """The tiny random-weight pipeline (built once; the catalog deep-copies it on every load)."""
+    from dpok.models import build_tiny_pipeline
+
+    pipeline = build_tiny_pipeline(seed=0)
+    pipeline.set_progress_bar_config(disable=True)
+    return pipeline

@@ -1,0 +1,66 @@
+"""Fixtures for the DPOK library tests: tiny pipelines, a simple reward, a small fast config."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from dpok.rl import FinetuneConfig
+
+PROMPTS = ["a red circle", "a blue square", "a green circle on the left"]
+
+
+@pytest.fixture
+def make_pipeline():
+    """Factory of fresh tiny random-weight pipelines (several per test where a run is repeated)."""
+    from dpok.models import build_tiny_pipeline
+
+    def make(seed: int = 0):
+        pipeline = build_tiny_pipeline(seed=seed)
+        pipeline.set_progress_bar_config(disable=True)
+        return pipeline
+
+    return make
+
+
+def brightness(images: np.ndarray, prompts: list[str]) -> np.ndarray:
+    """Mean pixel value in [0, 1]: an easy reward that needs no model."""
+    assert images.dtype == np.uint8 and images.ndim == 4 and images.shape[-1] == 3
+    assert len(prompts) == len(images)
+    return images.astype(np.float64).mean(axis=(1, 2, 3)) / 255.0
+
+
+@pytest.fixture
+def reward_fn():
+    return brightness
+
+
+@pytest.fixture
+def prompts() -> list[str]:
+    return list(PROMPTS)
+
+
+@pytest.fixture
+def small_config():
+    """Factory of a FinetuneConfig small enough for a round to take a fraction of a second."""
+
+    def make(**overrides) -> FinetuneConfig:
+        params = dict(
+            seed=0,
+            num_rounds=3,
+            g_batch=4,
+            num_inference_steps=4,
+            p_batch=8,
+            accum=2,
+            p_step=2,
+            buffer_size=64,
+            value_batch_size=16,
+            value_steps=2,
+            kl_report_trajectories=2,
+            checkpoint_every=1,
+            keep_last_checkpoints=2,
+        )
+        params.update(overrides)
+        return FinetuneConfig(**params)
+
+    return make

@@ -1,0 +1,158 @@
+"""train_dpok end to end on the tiny pipeline: metrics, checkpoints, exact resume, refusals, learning."""
+
+import logging
+
+import numpy as np
+import pytest
+import torch
+
+import dpok.rl.trainer as trainer_module
+from dpok.rl import METRIC_NAMES, latest_checkpoint, list_checkpoints, load_checkpoint, train_dpok
+
+TIMING = {"seconds_sampling", "seconds_reward", "seconds_kl_report", "seconds_update"}
+
+
+def _names(folder) -> list[str]:
+    return sorted(p.name for p in folder.iterdir())
+
+
+def test_rounds_run_report_metrics_and_keep_the_last_checkpoints(make_pipeline, prompts, reward_fn, small_config, tmp_path):
+    seen = []
+    result = train_dpok(
+        make_pipeline(), prompts, reward_fn, small_config(num_rounds=3), tmp_path,
+        on_round=lambda r, m: seen.append((r, _names(tmp_path))), progress=False,
+    )
+    assert [r for r, _ in seen] == [1, 2, 3]
+    assert seen[0][1] == ["round_000001"]  # the round's checkpoint exists when on_round runs
+    assert _names(tmp_path) == ["round_000002", "round_000003"]  # keep_last_checkpoints=2, no temp folders
+    assert result.last_checkpoint == tmp_path / "round_000003" and result.resumed_from is None
+    assert [row["round"] for row in result.history] == [1, 2, 3]
+    for row in result.history:
+        assert set(row) == set(METRIC_NAMES)
+        assert all(np.isfinite(v) for v in row.values()), row
+        assert row["skipped_steps"] == 0 and 0 <= row["reward_min"] <= row["reward_mean"] <= row["reward_max"] <= 1
+    # round 1 samples with the fresh adapter (B = 0): the exact KL bound is zero up to rounding
+    assert result.history[0]["kl_bound_nats"] < 1e-6
+    assert result.history[2]["kl_bound_nats"] > 1e-4
+    assert any(v.abs().max() > 0 for k, v in result.lora_state.items() if "lora_B" in k)
+    saved = load_checkpoint(tmp_path / "round_000003")
+    assert saved.history == result.history and saved.round == 3
+    for key, value in result.lora_state.items():
+        torch.testing.assert_close(saved.lora[key], value, rtol=0, atol=0)
+
+
+def test_resumed_run_equals_the_uninterrupted_run(make_pipeline, prompts, reward_fn, small_config, tmp_path):
+    overrides = dict(checkpoint_every=2, per_prompt_normalisation=True, per_prompt_min_count=2, per_prompt_window=4)
+    straight = train_dpok(
+        make_pipeline(), prompts, reward_fn, small_config(num_rounds=4, **overrides), tmp_path / "straight", progress=False
+    )
+    first = train_dpok(
+        make_pipeline(), prompts, reward_fn, small_config(num_rounds=2, **overrides), tmp_path / "split", progress=False
+    )
+    assert len(first.history) == 2
+    # a fresh process would hold other global RNG states; the checkpoint restores them
+    torch.manual_seed(123)
+    np.random.seed(123)
+    resumed = train_dpok(
+        make_pipeline(), prompts, reward_fn, small_config(num_rounds=4, **overrides), tmp_path / "split", progress=False
+    )
+    assert resumed.resumed_from == tmp_path / "split" / "round_000002"
+    assert [row["round"] for row in resumed.history] == [1, 2, 3, 4]
+    assert straight.lora_state.keys() == resumed.lora_state.keys()
+    for key in straight.lora_state:
+        torch.testing.assert_close(resumed.lora_state[key], straight.lora_state[key], rtol=0, atol=1e-6)
+    for a, b in zip(straight.history, resumed.history):
+        for key in set(METRIC_NAMES) - TIMING:
+            assert a[key] == pytest.approx(b[key], rel=1e-6, abs=1e-9, nan_ok=True), key
+    # the runs really trained: the LoRA moved
+    assert any(v.abs().max() > 0 for k, v in straight.lora_state.items() if "lora_B" in k)
+
+    # resuming a finished run does nothing; resuming with different settings is refused
+    done = train_dpok(make_pipeline(), prompts, reward_fn, small_config(num_rounds=4, **overrides), tmp_path / "split", progress=False)
+    assert len(done.history) == 4 and done.last_checkpoint == tmp_path / "split" / "round_000004"
+    with pytest.raises(ValueError, match="finetune.learning_rate"):
+        train_dpok(make_pipeline(), prompts, reward_fn, small_config(num_rounds=6, learning_rate=0.5, **overrides),
+                   tmp_path / "split", progress=False)
+
+
+def test_fresh_run_deletes_old_checkpoints_only_after_its_first_checkpoint(make_pipeline, prompts, reward_fn, small_config, tmp_path):
+    train_dpok(make_pipeline(), prompts, reward_fn, small_config(num_rounds=3, keep_last_checkpoints=3), tmp_path, progress=False)
+    assert _names(tmp_path) == ["round_000001", "round_000002", "round_000003"]
+    seen = {}
+    result = train_dpok(
+        make_pipeline(), prompts, reward_fn,
+        small_config(num_rounds=3, seed=1, resume=False, checkpoint_every=2, keep_last_checkpoints=3), tmp_path,
+        on_round=lambda r, m: seen.setdefault(r, _names(tmp_path)), progress=False,
+    )
+    assert result.resumed_from is None and len(result.history) == 3
+    assert seen[1] == ["round_000001", "round_000002", "round_000003"]  # nothing deleted before a new checkpoint
+    assert seen[2] == ["round_000002"]  # the new run's own round 2 replaced the old run's
+    assert _names(tmp_path) == ["round_000002", "round_000003"]
+    assert load_checkpoint(latest_checkpoint(tmp_path)).config["seed"] == 1
+    assert load_checkpoint(tmp_path / "round_000002").history == result.history[:2]
+
+
+def test_non_finite_reward_is_an_error_naming_the_prompt(make_pipeline, small_config, tmp_path):
+    def reward(images, prompts):
+        return np.array([np.nan if p == "a blue square" else 0.5 for p in prompts])
+
+    with pytest.raises(ValueError, match="non-finite reward.*'a blue square'"):
+        train_dpok(make_pipeline(), ["a blue square"], reward, small_config(), tmp_path, progress=False)
+    with pytest.raises(ValueError, match="one reward per image"):
+        train_dpok(make_pipeline(), ["a red circle"], lambda i, p: np.zeros(1), small_config(), tmp_path, progress=False)
+    assert list_checkpoints(tmp_path) == []
+
+
+def test_non_finite_loss_never_reaches_the_optimiser(make_pipeline, prompts, reward_fn, small_config, tmp_path, monkeypatch, caplog):
+    initial = {}
+    real_attach = trainer_module.attach_lora
+
+    def recording_attach(unet, *args):
+        params = real_attach(unet, *args)
+        initial.update({n: p.detach().clone() for n, p in unet.named_parameters() if "lora_" in n})
+        return params
+
+    real_step = trainer_module.ddim_step_with_logprob
+
+    def nan_step(*args, **kwargs):
+        prev_sample, log_prob = real_step(*args, **kwargs)
+        return prev_sample, log_prob + float("nan")
+
+    monkeypatch.setattr(trainer_module, "attach_lora", recording_attach)
+    monkeypatch.setattr(trainer_module, "ddim_step_with_logprob", nan_step)  # only the update's re-scoring
+    pipeline = make_pipeline()
+    with caplog.at_level(logging.WARNING, logger="dpok.rl.trainer"):
+        result = train_dpok(pipeline, prompts, reward_fn, small_config(num_rounds=2, p_step=3), tmp_path, progress=False)
+    assert [row["skipped_steps"] for row in result.history] == [3, 3]
+    assert result.skipped_steps == 6
+    assert "step skipped" in caplog.text
+    final = {n: p.detach() for n, p in pipeline.unet.named_parameters() if "lora_" in n}
+    assert final.keys() == initial.keys() and initial
+    for name, value in final.items():
+        assert torch.equal(value, initial[name]), name
+    assert np.isnan(result.history[0]["policy_loss"]) and np.isnan(result.history[0]["grad_norm"])
+
+
+def test_refuses_a_pipeline_that_already_has_the_adapter_and_bad_prompts(make_pipeline, reward_fn, small_config, tmp_path):
+    from dpok.models import attach_lora
+
+    pipeline = make_pipeline()
+    attach_lora(pipeline.unet, 4, 4, ["to_q"])
+    with pytest.raises(ValueError, match="already has"):
+        train_dpok(pipeline, ["a red circle"], reward_fn, small_config(), tmp_path, progress=False)
+    with pytest.raises(ValueError, match="non-empty list"):
+        train_dpok(make_pipeline(), "a red circle", reward_fn, small_config(), tmp_path, progress=False)
+
+
+@pytest.mark.slow
+def test_reward_increases_on_an_easy_reward(make_pipeline, reward_fn, small_config, tmp_path):
+    """Mean brightness, single prompt: the reward rises clearly within a few dozen tiny rounds."""
+    config = small_config(
+        num_rounds=30, g_batch=16, num_inference_steps=8, p_batch=32, accum=1, p_step=4, buffer_size=256,
+        value_batch_size=64, learning_rate=3e-3, clip_range=0.05, kl_weight=0.0, checkpoint_every=30,
+        kl_report_trajectories=1,
+    )
+    result = train_dpok(make_pipeline(), ["a red circle"], reward_fn, config, tmp_path, progress=False)
+    rewards = np.array([row["reward_mean"] for row in result.history])
+    stds = np.array([row["reward_std"] for row in result.history])
+    assert rewards[-5:].mean() > rewards[:3].mean() + 3 * stds[:3].mean(), rewards
