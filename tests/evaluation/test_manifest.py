@@ -6,7 +6,7 @@ import tracemalloc
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import FakeSampler, fake_image, mean_pixel
+from synthetic import FakeSampler, fake_image, mean_pixel
 from kedro_datasets.partitions import PartitionedDataset
 
 from dpok.evaluation import LazyScoredSamples, derive_seeds, sampling_plan
@@ -107,7 +107,9 @@ def _peak_bytes_while_saving(n_prompts: int, tmp_path) -> int:
     plan = sampling_plan(table, derive_seeds(0, 8))
     # A score that does not cast the batch to float64 (8× its size), so the peak shows what is held.
     samples = LazyScoredSamples(plan, FakeSampler(size=128), {"b": lambda x, p: x.mean(axis=(1, 2, 3))}, batch_size=8)
-    dataset = PartitionedDataset(path=str(tmp_path / str(n_prompts)), dataset="pillow.ImageDataset", filename_suffix=".png")
+    dataset = PartitionedDataset(
+        path=str(tmp_path / str(n_prompts)), dataset="pillow.ImageDataset", filename_suffix=".png"
+    )
     tracemalloc.start()
     tracemalloc.reset_peak()
     baseline = tracemalloc.get_traced_memory()[0]

@@ -4,7 +4,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import paired_manifests
+from synthetic import paired_manifests
 
 from dpok.evaluation import bootstrap_mean_ci, comparison_metrics, flat_metrics, pair_manifests, per_prompt_differences
 

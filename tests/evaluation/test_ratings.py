@@ -5,7 +5,7 @@ import re
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import paired_manifests
+from synthetic import paired_manifests
 
 from dpok.evaluation import RatingsError, build_pairs, render_page, unblind, validate_ratings, win_rates
 
@@ -91,9 +91,18 @@ def test_answers_are_case_and_space_tolerant_and_may_be_partial():
 @pytest.mark.parametrize(
     "mutate, message",
     [
-        (lambda f: f.assign(pair_id=["deadbeef0000"] + f["pair_id"].tolist()[1:]), r"b\.csv', line 2: unknown pair_id 'deadbeef0000'"),
-        (lambda f: pd.concat([f, f.iloc[[1]]]), r"b\.csv', line 14: duplicate answer by rater 'r1'.*first at ratings file 'b\.csv', line 3"),
-        (lambda f: f.assign(q_quality=["left", "maybe"] + f["q_quality"].tolist()[2:]), r"b\.csv', line 3: q_quality = 'maybe'"),
+        (
+            lambda f: f.assign(pair_id=["deadbeef0000"] + f["pair_id"].tolist()[1:]),
+            r"b\.csv', line 2: unknown pair_id 'deadbeef0000'",
+        ),
+        (
+            lambda f: pd.concat([f, f.iloc[[1]]]),
+            r"b\.csv', line 14: duplicate answer by rater 'r1'.*first at ratings file 'b\.csv', line 3",
+        ),
+        (
+            lambda f: f.assign(q_quality=["left", "maybe"] + f["q_quality"].tolist()[2:]),
+            r"b\.csv', line 3: q_quality = 'maybe'",
+        ),
         (lambda f: f.assign(rater=[""] + f["rater"].tolist()[1:]), r"b\.csv', line 2: empty rater"),
         (lambda f: f.drop(columns="q_text"), r"b\.csv' lacks column\(s\) \['q_text'\]"),
     ],

@@ -1,6 +1,6 @@
 import pandas as pd
 import pytest
-from conftest import paired_manifests
+from synthetic import paired_manifests
 
 from dpok.evaluation import (
     comparison_metrics,

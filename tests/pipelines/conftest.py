@@ -100,3 +100,33 @@ def tiny_base_model():
     pipeline = build_tiny_pipeline(seed=0)
     pipeline.set_progress_bar_config(disable=True)
     return pipeline
+
+
+@pytest.fixture(scope="session")
+def evaluation_catalog(project_root):
+    """``fn(root, sampling=None) -> DataCatalog``: see :func:`make_evaluation_catalog`."""
+
+    def make(root: Path, sampling: dict | None = None):
+        return make_evaluation_catalog(project_root, root, sampling)
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def tiny_lora(tmp_path_factory):
+    """``fn(scale) -> LoRA folder`` (cached per scale)."""
+    folders: dict[float, Path] = {}
+
+    def make(scale: float) -> Path:
+        if scale not in folders:
+            folders[scale] = make_lora(tmp_path_factory.mktemp(f"lora_{scale}"), scale)
+        return folders[scale]
+
+    return make
+
+
+@pytest.fixture
+def tiny_sampling() -> dict:
+    """The ``pretrained`` parameters used with the tiny model."""
+    register_test_rewards()
+    return dict(TINY_SAMPLING)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 
@@ -10,15 +12,26 @@ from dpok.rl import FinetuneConfig
 PROMPTS = ["a red circle", "a blue square", "a green circle on the left"]
 
 
-@pytest.fixture
-def make_pipeline():
-    """Factory of fresh tiny random-weight pipelines (several per test where a run is repeated)."""
+@pytest.fixture(scope="module")
+def _base_pipeline():
     from dpok.models import build_tiny_pipeline
 
-    def make(seed: int = 0):
-        pipeline = build_tiny_pipeline(seed=seed)
-        pipeline.set_progress_bar_config(disable=True)
-        return pipeline
+    pipeline = build_tiny_pipeline(seed=0)
+    pipeline.set_progress_bar_config(disable=True)
+    return pipeline
+
+
+@pytest.fixture
+def make_pipeline(_base_pipeline):
+    """Factory of fresh, identical tiny pipelines (several per test where a run is repeated).
+
+    Copies of one build: two calls of ``build_tiny_pipeline(0)`` are not identical, because the BPE
+    trainer behind its word tokenizer breaks ties differently each time, so prompts get other token
+    ids (and so other embeddings) from one build to the next.
+    """
+
+    def make():
+        return copy.deepcopy(_base_pipeline)
 
     return make
 

@@ -79,7 +79,8 @@ def test_state_dict_round_trip_preserves_order_and_sampling():
     restored.load_state_dict(buffer.state_dict())
     assert len(restored) == 7
     assert _ids(restored.get(torch.arange(7))) == _ids(buffer.get(torch.arange(7)))
-    assert _ids(restored.sample(5, torch.Generator().manual_seed(0))) == _ids(buffer.sample(5, torch.Generator().manual_seed(0)))
+    draw = torch.Generator().manual_seed(0)
+    assert _ids(restored.sample(5, draw)) == _ids(buffer.sample(5, torch.Generator().manual_seed(0)))
     restored.push(_trajectory(["p"], steps=3, tag=3), np.array([4.0]))
     buffer.push(_trajectory(["p"], steps=3, tag=3), np.array([4.0]))
     assert _ids(restored.get(torch.arange(7))) == _ids(buffer.get(torch.arange(7)))

@@ -13,7 +13,8 @@ def test_defaults_are_valid_and_round_trip():
     data = config.to_dict()
     assert isinstance(data["lora_target_modules"], list)
     assert FinetuneConfig.from_dict(data) == config
-    assert FinetuneConfig.from_dict({"learning_rate": 1e-4, "lora_target_modules": ["to_q"]}).lora_target_modules == ("to_q",)
+    custom = FinetuneConfig.from_dict({"learning_rate": 1e-4, "lora_target_modules": ["to_q"]})
+    assert custom.lora_target_modules == ("to_q",)
     undocumented = [f.name for f in dataclasses.fields(FinetuneConfig) if f"{f.name}:" not in FinetuneConfig.__doc__]
     assert not undocumented
 

@@ -20,7 +20,8 @@ def test_gaussian_kl_equals_torch_distributions_summed():
     mean_p, mean_q = torch.randn(4, 4, 3, 3), torch.randn(4, 4, 3, 3)
     std = torch.rand(4, 1, 1, 1) + 0.1
     expected = torch.distributions.kl_divergence(
-        torch.distributions.Normal(mean_p, std.expand_as(mean_p)), torch.distributions.Normal(mean_q, std.expand_as(mean_q))
+        torch.distributions.Normal(mean_p, std.expand_as(mean_p)),
+        torch.distributions.Normal(mean_q, std.expand_as(mean_q)),
     ).sum(dim=(1, 2, 3))
     torch.testing.assert_close(gaussian_kl(mean_p, mean_q, std), expected, rtol=1e-5, atol=1e-6)
 
@@ -40,7 +41,9 @@ def test_step_kl_exact_uses_the_ddim_step_means():
         torch.distributions.Normal(mean_p, std), torch.distributions.Normal(mean_q, std)
     ).sum(dim=(1, 2, 3))
     torch.testing.assert_close(step_kl("exact", scheduler, out_p, out_q, t, x), expected, rtol=1e-4, atol=1e-6)
-    torch.testing.assert_close(step_kl("eps_mse", scheduler, out_p, out_q, t, x), ((out_p - out_q) ** 2).mean((1, 2, 3)))
+    torch.testing.assert_close(
+        step_kl("eps_mse", scheduler, out_p, out_q, t, x), ((out_p - out_q) ** 2).mean((1, 2, 3))
+    )
     torch.testing.assert_close(eps_mse(out_p, out_p), torch.zeros(2))
     with pytest.raises(ValueError, match="kl_form"):
         step_kl("sum", scheduler, out_p, out_q, t, x)
@@ -54,7 +57,8 @@ def test_kl_bound_is_zero_for_a_fresh_adapter_and_positive_after_perturbing_it(t
     unet = tiny_pipeline.unet
     attach_lora(unet, 4, 4, SHAPES_LORA_TARGETS)
     sample = dict(num_inference_steps=5, guidance_scale=3.0)
-    trajectory = sample_trajectories(tiny_pipeline, ["a red circle", "a blue dog"], generator=torch.Generator().manual_seed(0), **sample)
+    prompts = ["a red circle", "a blue dog"]
+    trajectory = sample_trajectories(tiny_pipeline, prompts, generator=torch.Generator().manual_seed(0), **sample)
     fresh = trajectory_kl_bound(unet, tiny_pipeline.scheduler, trajectory)
     assert fresh.shape == (2,)
     # zero up to float noise: B = 0, so only batch-size-dependent rounding differs from sampling
@@ -63,7 +67,7 @@ def test_kl_bound_is_zero_for_a_fresh_adapter_and_positive_after_perturbing_it(t
     with torch.no_grad():
         for p in _lora_b(unet):
             p.add_(0.05 * torch.randn_like(p))
-    trajectory = sample_trajectories(tiny_pipeline, ["a red circle", "a blue dog"], generator=torch.Generator().manual_seed(0), **sample)
+    trajectory = sample_trajectories(tiny_pipeline, prompts, generator=torch.Generator().manual_seed(0), **sample)
     moved = trajectory_kl_bound(unet, tiny_pipeline.scheduler, trajectory, num_trajectories=1, chunk_size=3)
     assert moved.shape == (1,)
     assert moved.item() > 1e-3, moved

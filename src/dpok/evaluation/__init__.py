@@ -2,6 +2,7 @@
 
 from dpok.evaluation.config import EvaluateConfig, HumanEvalConfig, HumanEvalImportConfig, SamplingConfig
 from dpok.evaluation.figures import curves_figure, figure_to_image, image_grid
+from dpok.evaluation.history import learning_curves
 from dpok.evaluation.human_eval import (
     RatingsError,
     blinded_images,
@@ -35,6 +36,7 @@ __all__ = [
     "figure_to_image",
     "flat_metrics",
     "image_grid",
+    "learning_curves",
     "markdown_text",
     "metrics_table",
     "pair_manifests",

@@ -26,11 +26,12 @@ def _integer(block: str, obj: Any, name: str, minimum: int) -> None:
 def _number(block: str, obj: Any, name: str, *, gt: float | None = None, ge: float | None = None,
             lt: float | None = None) -> None:
     value = getattr(obj, name)
-    parts = [f"> {gt}" if gt is not None else "", f">= {ge}" if ge is not None else "", f"< {lt}" if lt is not None else ""]
-    requirement = "a number " + " and ".join(p for p in parts if p)
+    bounds = [(gt, ">"), (ge, ">="), (lt, "<")]
+    requirement = "a number " + " and ".join(f"{op} {b}" for b, op in bounds if b is not None)
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise _fail(block, name, requirement, value)
-    if (gt is not None and not value > gt) or (ge is not None and not value >= ge) or (lt is not None and not value < lt):
+    too_low = (gt is not None and not value > gt) or (ge is not None and not value >= ge)
+    if too_low or (lt is not None and not value < lt):
         raise _fail(block, name, requirement, value)
 
 

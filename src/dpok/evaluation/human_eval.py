@@ -254,9 +254,12 @@ def render_page(pairs: pd.DataFrame, *, title: str, export_id: str) -> str:
             f'<div>Pair {number} of {len(pairs)}</div>'
             f'<p class="prompt">Text: <q class="prompt-text">{esc(str(row["prompt"]))}</q></p>'
             '<div class="images">'
-            f'<figure><img src="{esc(str(row["left_image"]))}" alt="left image"><figcaption>Left</figcaption></figure>'
-            f'<figure><img src="{esc(str(row["right_image"]))}" alt="right image"><figcaption>Right</figcaption></figure>'
-            "</div>" + "".join(fieldsets) + "</section>"
+            + "".join(
+                f'<figure><img src="{esc(str(row[f"{side}_image"]))}" alt="{side} image">'
+                f"<figcaption>{side.capitalize()}</figcaption></figure>"
+                for side in ("left", "right")
+            )
+            + "</div>" + "".join(fieldsets) + "</section>"
         )
     csp = "default-src 'none'; img-src 'self'; style-src 'unsafe-inline'; script-src 'unsafe-inline'"
     return (
@@ -352,7 +355,7 @@ def unblind(ratings: pd.DataFrame, key: pd.DataFrame) -> pd.DataFrame:
 
 
 def _rates(winners: pd.Series, *, confidence: float, method: str) -> dict[str, Any]:
-    tuned, base, ties = int((winners == "finetuned").sum()), int((winners == "base").sum()), int((winners == "tie").sum())
+    tuned, base, ties = (int((winners == outcome).sum()) for outcome in ("finetuned", "base", "tie"))
     interval = binomial_ci(tuned, tuned + base, confidence=confidence, method=method)
 
     def finite(x: float) -> float | None:
@@ -361,7 +364,9 @@ def _rates(winners: pd.Series, *, confidence: float, method: str) -> dict[str, A
     total = tuned + base + ties
     return {
         "n_answers": total, "finetuned_wins": tuned, "base_wins": base, "ties": ties,
-        "finetuned_win_rate": finite(interval.estimate), "ci_low": finite(interval.low), "ci_high": finite(interval.high),
+        "finetuned_win_rate": finite(interval.estimate),
+        "ci_low": finite(interval.low),
+        "ci_high": finite(interval.high),
         "tie_rate": ties / total if total else None,
     }
 

@@ -18,14 +18,20 @@ The same object is then passed (by reference, see :meth:`LazyScoredSamples.__dee
 node that calls :meth:`LazyScoredSamples.finish` once the images are on disk: it returns the manifest
 (one row per image: prompt, category, split, seed, file, every score) and the time split.
 
+Rejected: returning all images, or their PNG bytes (memory grows with N); a generator node streaming
+chunks (an ``overwrite`` PartitionedDataset would wipe the earlier chunks, and the manifest would be
+rewritten per chunk); scoring in a later node from the PNGs on disk (decodes every image again and
+leaves the sampling time unmeasured); drawing twice (doubles the cost that matters).
+
 Timing
 ------
 ``setup_seconds`` runs from the sampling node's start to handing the callables over (loading a LoRA,
-moving the model, building the plan); ``sampling_seconds`` is the time inside the pipeline calls; ``scoring_seconds`` the time inside the
-score functions; ``writing_seconds`` the time between handing an image to the dataset and being asked
-for the next one (PNG encoding and writing); ``wall_seconds`` runs from the sampling node's start to
-:meth:`finish`; ``other_seconds`` is the rest (the runner between the two nodes, and between the node's
-return and the first image). ``outside_sampling_share = 1 - sampling_seconds / wall_seconds``.
+moving the model, building the plan); ``sampling_seconds`` is the time inside the pipeline calls;
+``scoring_seconds`` the time inside the score functions; ``writing_seconds`` the time between
+handing an image to the dataset and being asked for the next one (PNG encoding and writing);
+``wall_seconds`` runs from the sampling node's start to :meth:`finish`; ``other_seconds`` is the
+rest (the runner between the two nodes, and between the node's return and the first image).
+``outside_sampling_share = 1 - sampling_seconds / wall_seconds``.
 """
 
 from __future__ import annotations
@@ -85,7 +91,8 @@ def check_plan(plan: pd.DataFrame) -> pd.DataFrame:
     if missing:
         raise ValueError(f"a sampling plan needs columns {list(PLAN_COLUMNS)}; missing {missing}")
     if plan["file"].duplicated().any():
-        raise ValueError(f"the sampling plan repeats file names, e.g. {plan['file'][plan['file'].duplicated()].iloc[0]!r}")
+        repeated = plan["file"][plan["file"].duplicated()].iloc[0]
+        raise ValueError(f"the sampling plan repeats file names, e.g. {repeated!r}")
     order = plan["file"].map(partition_id).tolist()
     if order != sorted(order):
         # PartitionedDataset saves in sorted order; any other order would draw batches repeatedly.

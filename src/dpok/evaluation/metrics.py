@@ -114,7 +114,11 @@ def per_prompt_differences(paired: pd.DataFrame, score: str) -> pd.DataFrame:
     table = (
         paired.assign(difference=paired[f"{score}_finetuned"] - paired[f"{score}_base"])
         .groupby(["prompt", "split", "category"], sort=False)
-        .agg(base=(f"{score}_base", "mean"), finetuned=(f"{score}_finetuned", "mean"), difference=("difference", "mean"))
+        .agg(
+            base=(f"{score}_base", "mean"),
+            finetuned=(f"{score}_finetuned", "mean"),
+            difference=("difference", "mean"),
+        )
         .reset_index()
     )
     return table.sort_values("difference", ascending=False, kind="stable").reset_index(drop=True)

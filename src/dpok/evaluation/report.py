@@ -73,8 +73,12 @@ def _metrics_markdown(table: pd.DataFrame, confidence: float) -> str:
         "|---|---|---|---:|---|---|---|",
     ]
     for row in table.to_dict("records"):
-        cells = [markdown_text(row["split"]), markdown_text(row["category"]), f"{markdown_text(row['score'])} ({row['kind']})",
-                 str(row["n"])]
+        cells = [
+            markdown_text(row["split"]),
+            markdown_text(row["category"]),
+            f"{markdown_text(row['score'])} ({row['kind']})",
+            str(row["n"]),
+        ]
         for model in ("base", "finetuned", "difference"):
             cells.append(_interval(row[f"{model}_mean"], row[f"{model}_ci_low"], row[f"{model}_ci_high"]))
         lines.append("| " + " | ".join(cells) + " |")

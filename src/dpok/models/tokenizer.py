@@ -54,16 +54,26 @@ def build_word_tokenizer(words: Iterable[str], model_max_length: int = 16) -> CL
     )
     backend.train_from_iterator([" ".join(words)], trainer)
     merges = [tuple(pair) for pair in json.loads(backend.to_str())["model"]["merges"]]
-    tokenizer = CLIPTokenizer(vocab=backend.get_vocab(), merges=merges, model_max_length=model_max_length)
+    # The trainer breaks ties between equally frequent pairs differently from run to run, and numbers
+    # tokens in that order. Renumber deterministically (special tokens, whole words in sorted order,
+    # then the other pieces) so every grammar word gets the same id on every build.
+    whole_words = [f"{w}</w>" for w in words]
+    rest = sorted(set(backend.get_vocab()) - set(whole_words) - {BOS, EOS})
+    vocab = {token: i for i, token in enumerate([BOS, EOS, *whole_words, *rest])}
+    # `closed_vocabulary` is saved in tokenizer_config.json, so a loaded model knows which words it has.
+    tokenizer = CLIPTokenizer(
+        vocab=vocab, merges=merges, model_max_length=model_max_length, closed_vocabulary=list(words)
+    )
     not_single = [w for w in words if len(tokenizer(w, add_special_tokens=False).input_ids) != 1]
     if not_single:
         raise RuntimeError(f"BPE training left words split into several tokens: {not_single}")
     return tokenizer
 
 
-def vocabulary_words(tokenizer: CLIPTokenizer) -> set[str]:
-    """Whole words of a word-level tokenizer: the vocabulary entries that end a word."""
-    return {tok[: -len("</w>")] for tok in tokenizer.get_vocab() if tok.endswith("</w>") and len(tok) > 4}
+def vocabulary_words(tokenizer: CLIPTokenizer) -> set[str] | None:
+    """The whole words of a closed-vocabulary tokenizer built here, or None for an open one (CLIP's)."""
+    words = tokenizer.init_kwargs.get("closed_vocabulary")
+    return set(words) if words else None
 
 
 def check_prompt_words(tokenizer: CLIPTokenizer, prompts: Sequence[str], known: set[str] | None = None) -> None:
@@ -73,6 +83,8 @@ def check_prompt_words(tokenizer: CLIPTokenizer, prompts: Sequence[str], known: 
     has never seen those pieces, so we refuse the prompt instead.
     """
     known = vocabulary_words(tokenizer) if known is None else known
+    if known is None:
+        return  # an open-vocabulary tokenizer: every word has some tokenisation
     for prompt in prompts:
         words = re.findall(r"[^\s.,;:!?]+", prompt.lower())
         unknown = [w for w in words if w not in known]

@@ -18,6 +18,7 @@ Stable Diffusion's ``set_alpha_to_one=False, steps_offset=1``).
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -60,7 +61,8 @@ def _check_scheduler_config(scheduler: DDIMScheduler) -> None:
 def _alpha_products(
     scheduler: DDIMScheduler, timestep: int | torch.Tensor, sample: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """ᾱ_t and ᾱ_{t−1} shaped to broadcast against ``sample`` ((B, 1, ..., 1) or (1, ..., 1)).
+    """ᾱ_t and ᾱ_{t−1}: 0-d tensors for a scalar timestep (exactly diffusers' arithmetic), else shaped
+    (B, 1, ..., 1) to broadcast against ``sample``.
 
     ᾱ_{t−1} follows diffusers: the previous timestep is ``t − num_train_timesteps // num_inference_steps``
     and the scheduler's ``final_alpha_cumprod`` where that is negative.
@@ -68,13 +70,17 @@ def _alpha_products(
     if scheduler.num_inference_steps is None:
         raise ValueError("scheduler.num_inference_steps is None: call scheduler.set_timesteps(n) first")
     alphas_cumprod = scheduler.alphas_cumprod
-    t = torch.as_tensor(timestep, device=alphas_cumprod.device).long().reshape(-1)
-    prev_t = t - scheduler.config.num_train_timesteps // scheduler.num_inference_steps
-    alpha_t = alphas_cumprod[t]
+    stride = scheduler.config.num_train_timesteps // scheduler.num_inference_steps
+    if not isinstance(timestep, torch.Tensor) or timestep.ndim == 0:
+        t = int(timestep)
+        alpha_prev = alphas_cumprod[t - stride] if t - stride >= 0 else scheduler.final_alpha_cumprod
+        return alphas_cumprod[t], alpha_prev
+    t = timestep.to(alphas_cumprod.device).long().reshape(-1)
+    prev_t = t - stride
     final = scheduler.final_alpha_cumprod.to(alphas_cumprod)
     alpha_prev = torch.where(prev_t >= 0, alphas_cumprod[prev_t.clamp(min=0)], final)
     shape = (-1,) + (1,) * (sample.ndim - 1)
-    pair = torch.stack([alpha_t, alpha_prev]).to(sample.device)
+    pair = torch.stack([alphas_cumprod[t], alpha_prev]).to(sample.device)
     return pair[0].reshape(shape), pair[1].reshape(shape)
 
 
@@ -88,7 +94,7 @@ def ddim_step_mean_std(
     """Mean μ and standard deviation σ_t of the DDIM step ``x_t → x_{t−1}`` (DPOK.md §2).
 
     ``timestep`` is a scalar or a tensor of shape (B,). Returns ``mean`` shaped like ``sample`` and
-    ``std`` shaped to broadcast against it: (B, 1, ..., 1) for batched timesteps, (1, ..., 1) otherwise.
+    ``std`` broadcastable against it: shape (B, 1, ..., 1) for batched timesteps, a 0-d tensor otherwise.
     """
     _check_scheduler_config(scheduler)
     alpha_t, alpha_prev = _alpha_products(scheduler, timestep, sample)
@@ -154,29 +160,30 @@ def validate_scheduler_for_logprob(scheduler: DDIMScheduler, num_inference_steps
     _check_scheduler_config(scheduler)
     if not eta > 0:
         raise ValueError(f"eta must be > 0 for the DDIM step to be stochastic, got {eta}")
-    probe = DDIMScheduler.from_config(scheduler.config)
+    probe = copy.copy(scheduler)  # set_timesteps rebinds attributes only: the caller's scheduler is untouched
     probe.set_timesteps(num_inference_steps)
-    reference = torch.zeros(len(probe.timesteps), 1)
-    alpha_t, alpha_prev = _alpha_products(probe, probe.timesteps, reference)
-    variance = ((1 - alpha_prev) / (1 - alpha_t)) * (1 - alpha_t / alpha_prev)
-    for index, t in enumerate(probe.timesteps.tolist()):
+    timesteps = probe.timesteps
+    alpha_t, alpha_prev = _alpha_products(probe, timesteps, timesteps.reshape(-1, 1))
+    sigma = (((1 - alpha_prev) / (1 - alpha_t)) * (1 - alpha_t / alpha_prev)).clamp(min=0).sqrt().reshape(-1)
+    if bool(torch.all(alpha_t > 0)) and bool(torch.all(torch.isfinite(sigma) & (sigma > 0))):
+        return
+    for index, t in enumerate(timesteps.tolist()):
         if not alpha_t[index].item() > 0:
             raise ValueError(
                 f"ᾱ_t = 0 at step {index} (timestep {t}), so x̂_0 is undefined; zero-terminal-SNR schedules "
                 "(rescale_betas_zero_snr=True) with ε-prediction are not supported"
             )
-        sigma = float(variance[index].clamp(min=0).sqrt())
-        if not (math.isfinite(sigma) and sigma > 0):
+        if not (math.isfinite(sigma[index].item()) and sigma[index].item() > 0):
             hint = ""
-            if index == len(probe.timesteps) - 1:
+            if index == len(timesteps) - 1:
                 hint = (
                     " set_alpha_to_one=True makes ᾱ_{t−1} = 1 at the last step"
                     if scheduler.config.set_alpha_to_one
                     else " the last step lands on its own ᾱ (timestep 0 with set_alpha_to_one=False)"
                 ) + "; use set_alpha_to_one=False with steps_offset=1 (Stable Diffusion's settings)"
             raise ValueError(
-                f"σ_t = {sigma} at step {index} of {num_inference_steps} (timestep {t}): the step has no "
-                f"density and its log-probability would be -inf/NaN.{hint}"
+                f"σ_t = {sigma[index].item()} at step {index} of {num_inference_steps} (timestep {t}): the step "
+                f"has no density and its log-probability would be -inf/NaN.{hint}"
             )
 
 
@@ -310,7 +317,7 @@ def sample_trajectories(
 
     all_latents, all_log_probs, all_noise_preds = [x], [], []
     for t in timesteps:
-        model_input = scheduler.scale_model_input(x, t)
+        model_input = scheduler.scale_model_input(x, t)  # the identity for DDIM, kept as the stock loop has it
         noise_pred = guided_noise_prediction(
             pipeline.unet, model_input, t, prompt_embeds, negative_prompt_embeds, guidance_scale
         )

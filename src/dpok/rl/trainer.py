@@ -138,7 +138,9 @@ def _check_inputs(pipeline, prompts: Sequence[str], config: FinetuneConfig) -> l
 
 def _check_resumable(saved: dict[str, Any], config: FinetuneConfig, path: Path) -> None:
     current = config.to_dict()
-    changed = sorted(k for k in set(saved) | set(current) if k not in RESUMABLE_CHANGES and saved.get(k) != current.get(k))
+    changed = sorted(
+        k for k in set(saved) | set(current) if k not in RESUMABLE_CHANGES and saved.get(k) != current.get(k)
+    )
     if changed:
         details = ", ".join(f"finetune.{k}: checkpoint {saved.get(k)!r}, now {current.get(k)!r}" for k in changed)
         raise ValueError(
@@ -252,6 +254,14 @@ def train_dpok(
     checkpoint_dir = Path(checkpoint_dir)
     unet, scheduler = pipeline.unet, pipeline.scheduler
     device = unet.device
+    # Read and check an existing run before touching the pipeline, so a refused resume changes nothing.
+    clean_partial_checkpoints(checkpoint_dir)
+    previous_run = list_checkpoints(checkpoint_dir)
+    state = None
+    if config.resume and previous_run:
+        state = load_checkpoint(previous_run[-1])
+        _check_resumable(state.config, config, previous_run[-1])
+
     for module in (pipeline.unet, pipeline.vae, pipeline.text_encoder):
         module.requires_grad_(False)
         module.eval()
@@ -277,14 +287,10 @@ def train_dpok(
     )
     buffer = TransitionBuffer(config.buffer_size)
 
-    clean_partial_checkpoints(checkpoint_dir)
-    previous_run = list_checkpoints(checkpoint_dir)
     history: list[dict[str, float]] = []
     start, resumed_from, last_checkpoint = 0, None, None
-    if config.resume and previous_run:
+    if state is not None:
         resumed_from = last_checkpoint = previous_run[-1]
-        state = load_checkpoint(resumed_from)
-        _check_resumable(state.config, config, resumed_from)
         load_lora_state_dict(unet, {k: v.to(device) for k, v in state.lora.items()})
         optimizer.load_state_dict(state.policy_optimizer)
         if value_fn is not None:
@@ -424,7 +430,7 @@ def _train_round(
             batch = buffer.sample(config.p_batch, generator).to(device)
             loss, micro_stats = _policy_microbatch(unet, scheduler, batch, value_fn, config)
             if not torch.isfinite(loss):
-                problem = f"non-finite loss ({float(loss)})"
+                problem = f"non-finite loss ({loss.item()})"
                 break
             (loss / config.accum).backward()
             step_stats.append(micro_stats)
@@ -435,7 +441,9 @@ def _train_round(
         if problem is not None:
             optimizer.zero_grad(set_to_none=True)
             skipped += 1
-            logger.warning("round %d, policy step %d: %s; step skipped, LoRA unchanged", round_number, step + 1, problem)
+            logger.warning(
+                "round %d, policy step %d: %s; step skipped, LoRA unchanged", round_number, step + 1, problem
+            )
             continue
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)

@@ -22,7 +22,6 @@ from dpok.evaluation import (
     blinded_images,
     build_pairs,
     comparison_metrics,
-    curves_figure,
     flat_metrics,
     image_grid,
     pair_manifests,
@@ -32,14 +31,12 @@ from dpok.evaluation import (
     render_report,
     select_grid_prompts,
 )
+from dpok.evaluation.history import learning_curves
 from dpok.evaluation.manifest import PLAN_COLUMNS, check_saved, log_sample_set, sample_set_summary
 from dpok.evaluation.sampler import pipeline_sampler, score_functions
 from dpok.models import load_lora
 
 logger = logging.getLogger(__name__)
-
-# Columns of finetune_history drawn as learning curves, when present and not all NaN.
-CURVE_COLUMNS = ("reward_mean", "kl_bound_nats", "policy_loss", "value_loss")
 
 
 def _check_same_settings(pretrained_summary: dict[str, Any], config: SamplingConfig) -> None:
@@ -71,7 +68,8 @@ def sample_finetuned_images(
     config = SamplingConfig.from_dict(params)
     _check_same_settings(pretrained_sampling_summary, config)
     score_fns = score_functions({**config.rewards, **config.quality})
-    extra = [c for c in pretrained_manifest.columns if c not in PLAN_COLUMNS and c not in pretrained_sampling_summary["scores"]]
+    scores = pretrained_sampling_summary["scores"]
+    extra = [c for c in pretrained_manifest.columns if c not in PLAN_COLUMNS and c not in scores]
     plan = pretrained_manifest[list(PLAN_COLUMNS) + extra]
     pipeline = load_lora(base_model, lora)
     sampler = pipeline_sampler(
@@ -90,7 +88,9 @@ def write_finetuned_manifest(
     config = SamplingConfig.from_dict(params)
     manifest, timing = samples.finish()
     check_saved(manifest, finetuned_samples, "fine-tuned")
-    summary, metrics = sample_set_summary(manifest, timing, config.sampler_settings(), config.score_kinds(), "finetuned")
+    summary, metrics = sample_set_summary(
+        manifest, timing, config.sampler_settings(), config.score_kinds(), "finetuned"
+    )
     log_sample_set(summary, "Fine-tuned")
     return manifest, summary, metrics
 
@@ -113,7 +113,9 @@ def compare_scores(
     return metrics, {key: {"value": value, "step": 0} for key, value in flat_metrics(metrics).items()}
 
 
-def _load_rows(manifest: pd.DataFrame, loaders: dict[str, Callable], prompts: list[str], n_seeds: int) -> list[np.ndarray]:
+def _load_rows(
+    manifest: pd.DataFrame, loaders: dict[str, Callable], prompts: list[str], n_seeds: int
+) -> list[np.ndarray]:
     rows = []
     for prompt in prompts:
         files = manifest.loc[manifest["prompt"] == prompt, "file"].head(n_seeds)
@@ -129,7 +131,9 @@ def draw_comparison_grid(
     config = EvaluateConfig.from_dict(params)
     prompts = select_grid_prompts(pretrained_manifest, config.grid_max_prompts)
     # Same seeds on both sides: order the fine-tuned manifest by the base manifest's (prompt, seed) rows.
-    tuned = pretrained_manifest[["prompt", "seed"]].merge(finetuned_manifest[["prompt", "seed", "file"]], on=["prompt", "seed"])
+    tuned = pretrained_manifest[["prompt", "seed"]].merge(
+        finetuned_manifest[["prompt", "seed", "file"]], on=["prompt", "seed"]
+    )
     base_rows = _load_rows(pretrained_manifest, pretrained_samples, prompts, config.grid_seeds)
     tuned_rows = _load_rows(tuned, finetuned_samples, prompts, config.grid_seeds)
     n = base_rows[0].shape[0]
@@ -145,16 +149,7 @@ def draw_comparison_grid(
 
 def draw_learning_curves(finetune_history: pd.DataFrame) -> Image.Image:
     """Reward, KL bound and losses per round of fine-tuning."""
-    if "round" not in finetune_history.columns:
-        raise ValueError(f"finetune_history has no 'round' column (columns: {list(finetune_history.columns)})")
-    series = {
-        column: (finetune_history["round"].tolist(), finetune_history[column].tolist())
-        for column in CURVE_COLUMNS
-        if column in finetune_history.columns and finetune_history[column].notna().any()
-    }
-    if not series:
-        raise ValueError(f"finetune_history has none of the curve columns {list(CURVE_COLUMNS)}")
-    return curves_figure(series, title="DPOK fine-tuning", xlabel="round")
+    return learning_curves(finetune_history)
 
 
 def export_human_eval(
@@ -201,7 +196,10 @@ def write_report(
         timing=timing,
         settings=sampling.sampler_settings(),
         prompt_changes=per_prompt_differences(paired, next(iter(metrics["scores"]))),
-        figures={"Base vs fine-tuned at the same seeds": "comparison_grid.png", "Learning curves": "learning_curves.png"},
+        figures={
+            "Base vs fine-tuned at the same seeds": "comparison_grid.png",
+            "Learning curves": "learning_curves.png",
+        },
         human_eval=human_eval_summary,
         top_prompts=config.report_top_prompts,
     )

@@ -34,14 +34,20 @@ def create_pipeline(**kwargs) -> Pipeline:
             ),
             Node(
                 draw_comparison_grid,
-                ["pretrained_manifest", "finetuned_manifest", "pretrained_samples", "finetuned_samples", "params:evaluate"],
+                [
+                    "pretrained_manifest", "finetuned_manifest", "pretrained_samples", "finetuned_samples",
+                    "params:evaluate",
+                ],
                 "comparison_grid",
                 name="draw_comparison_grid_node",
             ),
             Node(draw_learning_curves, "finetune_history", "learning_curves", name="draw_learning_curves_node"),
             Node(
                 export_human_eval,
-                ["pretrained_manifest", "finetuned_manifest", "pretrained_samples", "finetuned_samples", "params:human_eval"],
+                [
+                    "pretrained_manifest", "finetuned_manifest", "pretrained_samples", "finetuned_samples",
+                    "params:human_eval",
+                ],
                 ["human_eval_images", "human_eval_page", "human_eval_pairs", "human_eval_key", "human_eval_summary"],
                 name="export_human_eval_node",
             ),

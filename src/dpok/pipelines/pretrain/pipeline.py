@@ -9,11 +9,11 @@ from dpok.pipelines.pretrain.nodes import (
     train_denoiser_node,
     validate_pretrain_params,
 )
-from dpok.pipelines.prompts import create_pipeline as prompts_pipeline
+from dpok.pipelines.prompts.pipeline import prompts_in_memory
 
 
 def create_pipeline(**kwargs) -> Pipeline:
-    return prompts_pipeline() + Pipeline(
+    return prompts_in_memory("pretrain") + Pipeline(
         [
             Node(validate_pretrain_params, "params:pretrain", "pretrain_config", name="validate_pretrain_params_node"),
             Node(render_training_set, "pretrain_config", ["pretrain_images", "pretrain_captions"], name="render_training_set_node"),
@@ -43,7 +43,7 @@ def create_pipeline(**kwargs) -> Pipeline:
             ),
             Node(
                 report_base_model,
-                ["shapes_base_model_out", "prompts", "pretrain_config", "params:pretrain_report"],
+                ["shapes_base_model_out", "pretrain_prompts", "pretrain_config", "params:pretrain_report"],
                 ["base_model_grid", "base_model_report", "base_model_scores"],
                 name="report_base_model_node",
             ),

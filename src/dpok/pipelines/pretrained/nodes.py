@@ -44,6 +44,8 @@ def write_pretrained_manifest(
     config = SamplingConfig.from_dict(params)
     manifest, timing = samples.finish()
     check_saved(manifest, pretrained_samples, "base-model")
-    summary, metrics = sample_set_summary(manifest, timing, config.sampler_settings(), config.score_kinds(), "pretrained")
+    summary, metrics = sample_set_summary(
+        manifest, timing, config.sampler_settings(), config.score_kinds(), "pretrained"
+    )
     log_sample_set(summary, "Base-model")
     return manifest, summary, metrics

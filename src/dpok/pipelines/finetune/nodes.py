@@ -1,0 +1,120 @@
+"""Thin nodes over :mod:`dpok.rl`, :mod:`dpok.rewards` and :mod:`dpok.models`."""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import mlflow
+import pandas as pd
+import torch
+from diffusers import StableDiffusionPipeline
+from PIL import Image
+
+from dpok.evaluation import curves_figure
+from dpok.models import check_prompt_words
+from dpok.rewards import weighted_reward
+from dpok.rl import FinetuneConfig, train_dpok
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class FinetuneRunConfig:
+    """The `finetune` parameters around the RL hyperparameters.
+
+    Attributes:
+        reward: Reward names from the registry (``dpok.rewards.available_rewards()``) and their weights;
+            the reward is their weighted sum.
+        train_split: Which split of the prompt table is trained on.
+        checkpoint_dir: Where checkpoints are written and resumed from.
+        device: ``auto`` (CUDA if available), ``cpu`` or ``cuda[:N]``.
+        rl: :class:`dpok.rl.FinetuneConfig` fields.
+    """
+
+    reward: dict[str, float] = field(default_factory=lambda: {"shapes_judge": 1.0})
+    train_split: str = "train"
+    checkpoint_dir: str = "data/06_models/checkpoints"
+    device: str = "auto"
+    rl: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, params: dict[str, Any]) -> FinetuneRunConfig:
+        known = set(cls.__dataclass_fields__)
+        unknown = set(params) - known
+        if unknown:
+            raise ValueError(f"unknown key(s) under 'finetune': {sorted(unknown)}; expected some of {sorted(known)}")
+        config = cls(**params)
+        FinetuneConfig.from_dict(config.rl)
+        if not isinstance(config.reward, dict) or not config.reward:
+            raise ValueError("finetune.reward must map reward names to weights, e.g. {shapes_judge: 1.0}")
+        weighted_reward(dict(config.reward))  # unknown names fail here, naming the available ones
+        if config.device != "auto" and not config.device.startswith(("cpu", "cuda")):
+            raise ValueError(f"finetune.device must be auto, cpu or cuda[:N], got {config.device!r}")
+        return config
+
+
+def validate_finetune_params(params: dict[str, Any], prompts: pd.DataFrame) -> dict[str, Any]:
+    """Check every parameter and the training prompts before any model is loaded."""
+    config = FinetuneRunConfig.from_dict(params)
+    train = prompts[prompts["split"] == config.train_split]
+    if train.empty:
+        raise ValueError(
+            f"no prompt has split '{config.train_split}' (finetune.train_split); splits present: "
+            f"{sorted(prompts['split'].unique())}"
+        )
+    rl = FinetuneConfig.from_dict(config.rl)
+    logger.info(
+        "DPOK: %d training prompts, %d rounds × %d trajectories, reward %s, KL %s β=%g, clip %s ε=%g",
+        len(train), rl.num_rounds, rl.g_batch, config.reward, rl.kl_form, rl.kl_weight, rl.clip_mode, rl.clip_range,
+    )
+    return {"run": config.__dict__, "train_prompts": train["prompt"].tolist()}
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def _log_round_to_mlflow(round_number: int, metrics: dict[str, float]) -> None:
+    if mlflow.active_run() is not None:
+        finite = {f"finetune/{k}": float(v) for k, v in metrics.items() if k != "round" and math.isfinite(v)}
+        mlflow.log_metrics(finite, step=round_number)
+
+
+def finetune(pipeline: StableDiffusionPipeline, validated: dict[str, Any]):
+    """Run DPOK; returns the adapted UNet (saved as LoRA by the catalog) and the history table."""
+    config = FinetuneRunConfig(**validated["run"])
+    prompts = validated["train_prompts"]
+    # A closed-vocabulary tokenizer (the shapes world's) refuses unknown words; CLIP's accepts all.
+    check_prompt_words(pipeline.tokenizer, prompts)
+    pipeline.to(_device(config.device))
+    result = train_dpok(
+        pipeline,
+        prompts,
+        weighted_reward(dict(config.reward)),
+        FinetuneConfig.from_dict(config.rl),
+        config.checkpoint_dir,
+        on_round=_log_round_to_mlflow,
+    )
+    history = pd.DataFrame(result.history)
+    if result.skipped_steps:
+        logger.warning("%d policy step(s) were skipped for a non-finite loss", result.skipped_steps)
+    return pipeline.unet, history
+
+
+def plot_learning_curves(history: pd.DataFrame) -> Image.Image:
+    """Reward and the KL bound per round (the two numbers DPOK trades off), plus the policy loss."""
+    rounds = history["round"].tolist()
+    return curves_figure(
+        {
+            "reward (mean over the round)": (rounds, history["reward_mean"].tolist()),
+            "KL bound (nats, exact)": (rounds, history["kl_bound_nats"].tolist()),
+            "policy loss": (rounds, history["policy_loss"].tolist()),
+        },
+        title="DPOK fine-tuning",
+        xlabel="round",
+    )

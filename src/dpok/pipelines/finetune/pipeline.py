@@ -1,0 +1,19 @@
+from kedro.pipeline import Node, Pipeline
+
+from dpok.pipelines.finetune.nodes import finetune, plot_learning_curves, validate_finetune_params
+from dpok.pipelines.prompts.pipeline import prompts_in_memory
+
+
+def create_pipeline(**kwargs) -> Pipeline:
+    return prompts_in_memory("finetune") + Pipeline(
+        [
+            Node(
+                validate_finetune_params,
+                ["params:finetune", "finetune_prompts"],
+                "finetune_validated",
+                name="validate_finetune_params_node",
+            ),
+            Node(finetune, ["base_model", "finetune_validated"], ["lora", "finetune_history"], name="finetune_node"),
+            Node(plot_learning_curves, "finetune_history", "finetune_curves", name="plot_learning_curves_node"),
+        ]
+    )
