@@ -28,6 +28,7 @@ class FinetuneRunConfig:
     Attributes:
         reward: Reward names from the registry (``dpok.rewards.available_rewards()``) and their weights;
             the reward is their weighted sum.
+        reward_kwargs: Per-reward keyword arguments (for example weight paths), by reward name.
         train_split: Which split of the prompt table is trained on.
         checkpoint_dir: Where checkpoints are written and resumed from.
         device: ``auto`` (CUDA if available), ``cpu`` or ``cuda[:N]``.
@@ -35,6 +36,7 @@ class FinetuneRunConfig:
     """
 
     reward: dict[str, float] = field(default_factory=lambda: {"shapes_judge": 1.0})
+    reward_kwargs: dict[str, dict[str, Any]] = field(default_factory=dict)
     train_split: str = "train"
     checkpoint_dir: str = "data/06_models/checkpoints"
     device: str = "auto"
@@ -50,10 +52,14 @@ class FinetuneRunConfig:
         FinetuneConfig.from_dict(config.rl)
         if not isinstance(config.reward, dict) or not config.reward:
             raise ValueError("finetune.reward must map reward names to weights, e.g. {shapes_judge: 1.0}")
-        weighted_reward(dict(config.reward))  # unknown names fail here, naming the available ones
+        config.reward_fn()  # unknown names and stray reward_kwargs fail here, naming what is available
         if config.device != "auto" and not config.device.startswith(("cpu", "cuda")):
             raise ValueError(f"finetune.device must be auto, cpu or cuda[:N], got {config.device!r}")
         return config
+
+    def reward_fn(self):
+        """The weighted reward; building it is cheap (weights load on the first call)."""
+        return weighted_reward(dict(self.reward), **{k: dict(v) for k, v in self.reward_kwargs.items()})
 
 
 def validate_finetune_params(params: dict[str, Any], prompts: pd.DataFrame) -> dict[str, Any]:
@@ -95,7 +101,7 @@ def finetune(pipeline: StableDiffusionPipeline, validated: dict[str, Any]):
     result = train_dpok(
         pipeline,
         prompts,
-        weighted_reward(dict(config.reward)),
+        config.reward_fn(),
         FinetuneConfig.from_dict(config.rl),
         config.checkpoint_dir,
         on_round=_log_round_to_mlflow,
