@@ -154,11 +154,14 @@ def _shapes_sized_model(project_root):
 
 @pytest.mark.slow
 def test_evaluate_spends_at_most_20_percent_outside_sampling_on_default_settings(
-    project_root, tmp_path, evaluation_catalog
+    project_root, tmp_path, evaluation_catalog, request
 ):
     """The issue's budget, measured: default `pretrained`/`evaluate`/`human_eval` parameters, the
     shapes evaluation prompts, the shapes rewards, a base-model-sized network with a LoRA on every
-    layer the finetune default targets. About 2-3 minutes on one CPU thread."""
+    layer the finetune default targets. About 2 minutes on one CPU thread: runs only when slow tests
+    are asked for (`pytest -m slow`)."""
+    if "slow" not in (request.config.getoption("markexpr") or ""):
+        pytest.skip("a 2-minute benchmark: run it with `pytest -m slow`")
     import torch
     import yaml
 

@@ -278,6 +278,12 @@ def test_rater_page_in_headless_chromium_downloads_a_csv_the_importer_accepts(ex
                      if e.get("method") == "Network.requestWillBeSent"]
         assert requested and all(u.startswith((page.parent.as_uri(), "blob:", "data:")) for u in requested), requested
         assert not any(e.get("method") == "Page.javascriptDialogOpening" for e in browser.events)
+
+        # Answers survive a reload (kept in the browser's localStorage until downloaded).
+        mark = len(browser.events)
+        browser.call("Page.reload", {}, session)
+        browser.wait_for(lambda e: e.get("method") == "Page.loadEventFired", after=mark)
+        assert browser.evaluate(session, "document.getElementById('status').textContent") == status
     finally:
         browser.close()
 

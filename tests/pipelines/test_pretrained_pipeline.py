@@ -31,12 +31,14 @@ def test_pretrained_writes_one_png_per_prompt_and_seed_and_a_manifest(pretrained
     assert sorted(p.name for p in folder.iterdir()) == sorted(manifest["file"])
 
     saved = np.stack([np.asarray(Image.open(folder / f).convert("RGB")) for f in manifest["file"]])
-    # The same (prompt, seed) drawn directly in one batch of a different size gives the same pixels.
-    direct = generate_seeded_images(
-        tiny_base_model, manifest["prompt"].tolist(), manifest["seed"].tolist(),
-        num_inference_steps=3, guidance_scale=3.0, eta=1.0, batch_size=20,
-    )
-    np.testing.assert_array_equal(saved, direct)
+    # The same (prompt, seed) drawn directly, in the same batches, gives the same pixels...
+    kwargs = dict(num_inference_steps=3, guidance_scale=3.0, eta=1.0)
+    prompts, seeds = manifest["prompt"].tolist(), manifest["seed"].tolist()
+    same = generate_seeded_images(tiny_base_model, prompts, seeds, batch_size=6, **kwargs)
+    np.testing.assert_array_equal(saved, same)
+    # ...and in other batches the same noise, up to float32 summation order (one uint8 level at most).
+    other = generate_seeded_images(tiny_base_model, prompts, seeds, batch_size=20, **kwargs)
+    assert np.abs(saved.astype(int) - other.astype(int)).max() <= 1
     # Scores are those of the saved images.
     from dpok.rewards import get_reward_fn
 

@@ -1,9 +1,9 @@
 """The prompts pipeline on an in-memory catalog, and the project through a KedroSession."""
 
 import json
+import os
 import shutil
 import subprocess
-import sys
 
 import pandas as pd
 from kedro.io import DataCatalog, MemoryDataset
@@ -54,9 +54,8 @@ def test_cli_bad_prompt_file_fails_with_clear_error(project_root, tmp_path):
     kedro = str(project_root / ".venv/bin/kedro") if (project_root / ".venv/bin/kedro").exists() else "kedro"
     result = subprocess.run(
         [kedro, "run", "--pipelines", "prompts", "--params", "prompts.path=data/01_raw/prompts/nope.txt"],
-        cwd=target, capture_output=True, text=True, env={**__import__("os").environ, "PYTHONPATH": str(project_root / "src")},
+        cwd=target, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(project_root / "src")},
     )
     assert result.returncode != 0
     assert "nope.txt" in (result.stdout + result.stderr) and "does not exist" in (result.stdout + result.stderr)
     assert not (target / "data/02_intermediate/prompts.parquet").exists()
-    del sys

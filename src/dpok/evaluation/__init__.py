@@ -14,7 +14,13 @@ from dpok.evaluation.human_eval import (
 )
 from dpok.evaluation.manifest import LazyScoredSamples, partition_id, sampling_plan, score_means
 from dpok.evaluation.metrics import comparison_metrics, flat_metrics, pair_manifests, per_prompt_differences
-from dpok.evaluation.report import markdown_text, metrics_table, render_report, select_grid_prompts
+from dpok.evaluation.report import (
+    comparison_grid,
+    markdown_text,
+    metrics_table,
+    render_report,
+    select_grid_prompts,
+)
 from dpok.evaluation.seeds import derive_seeds
 from dpok.evaluation.stats import Interval, binomial_ci, bootstrap_mean_ci, paired_difference_ci
 
@@ -30,6 +36,7 @@ __all__ = [
     "blinded_images",
     "bootstrap_mean_ci",
     "build_pairs",
+    "comparison_grid",
     "comparison_metrics",
     "curves_figure",
     "derive_seeds",

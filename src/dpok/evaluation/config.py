@@ -86,7 +86,9 @@ class SamplingConfig:
         guidance_scale: Classifier-free guidance weight.
         eta: DDIM η (1.0 is the stochastic sampler DPOK fine-tunes).
         batch_size: Images per pipeline call; scoring runs per batch and only one batch is held in
-            memory. Does not change the images (one generator per image).
+            memory. Each image has its own generator, so the batch size changes an image only by
+            float32 summation order (at most one uint8 level); keep it equal between ``pretrained``
+            and ``evaluate`` runs for bit-identical noise paths.
         device: ``auto`` (CUDA if available, else CPU), ``cpu``, ``cuda`` or ``mps``.
         rewards: Reward names (``dpok.rewards`` registry) scored on every image; a list, or a mapping
             name -> factory options.

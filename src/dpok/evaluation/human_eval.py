@@ -45,6 +45,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+from dpok.evaluation.manifest import partition_id
 from dpok.evaluation.stats import binomial_ci
 
 QUESTIONS = {
@@ -125,7 +126,6 @@ def blinded_images(
     ``loaders`` maps a model (``base``/``finetuned``) to its sample folder's partitions (``{partition
     id: load fn}``, as a PartitionedDataset loads). Each image is re-encoded from its pixels, so no PNG
     chunk of the source travels along."""
-    from dpok.evaluation.manifest import partition_id
 
     def copy(model: str, file: str) -> Callable[[], Image.Image]:
         pid = partition_id(file)

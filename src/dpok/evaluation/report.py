@@ -9,10 +9,15 @@ such as ``<img src=x onerror=alert(1)>`` shows as text.
 from __future__ import annotations
 
 import html
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
+import numpy as np
 import pandas as pd
+from PIL import Image
+
+from dpok.evaluation.figures import image_grid
+from dpok.evaluation.manifest import partition_id
 
 # Inline Markdown syntax; "<", ">" and "&" are left to html.escape (a backslash before an entity would show it).
 _MARKDOWN_SPECIALS = "\\`*_[]|~"
@@ -60,6 +65,38 @@ def select_grid_prompts(manifest: pd.DataFrame, max_prompts: int) -> list[str]:
         depth += 1
     order = {p: i for i, p in enumerate(prompts.sort_values(["split", "category"], kind="stable")["prompt"])}
     return sorted(chosen, key=order.__getitem__)
+
+
+def comparison_grid(
+    base: pd.DataFrame,
+    finetuned: pd.DataFrame,
+    base_images: Mapping[str, Callable[[], Image.Image]],
+    finetuned_images: Mapping[str, Callable[[], Image.Image]],
+    *,
+    max_prompts: int,
+    n_seeds: int,
+    scale: int = 3,
+) -> Image.Image:
+    """Rows: up to ``max_prompts`` prompts (:func:`select_grid_prompts`); columns: the base model's
+    first ``n_seeds`` images, then the fine-tuned model's at the same seeds. ``*_images`` are the
+    sample folders' partitions (``{partition id: load fn}``); only the shown images are loaded."""
+    prompts = select_grid_prompts(base, max_prompts)
+    # The fine-tuned files in the base manifest's (prompt, seed) order, so both sides share seeds.
+    tuned = base[["prompt", "seed"]].merge(finetuned[["prompt", "seed", "file"]], on=["prompt", "seed"])
+
+    def row(manifest: pd.DataFrame, images: Mapping[str, Callable[[], Image.Image]], prompt: str) -> np.ndarray:
+        files = manifest.loc[manifest["prompt"] == prompt, "file"].head(n_seeds)
+        return np.stack([np.asarray(images[partition_id(f)]().convert("RGB")) for f in files])
+
+    rows = [np.concatenate([row(base, base_images, p), row(tuned, finetuned_images, p)]) for p in prompts]
+    n = len(rows[0]) // 2
+    groups = base.drop_duplicates("prompt").set_index("prompt")
+    return image_grid(
+        rows,
+        row_labels=[f"[{groups.at[p, 'split']}/{groups.at[p, 'category']}] {p}" for p in prompts],
+        column_labels=[f"base {i + 1}" for i in range(n)] + [f"tuned {i + 1}" for i in range(n)],
+        scale=scale,
+    )
 
 
 def _interval(mean: float, low: float, high: float, digits: int = 3) -> str:

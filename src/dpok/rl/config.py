@@ -16,9 +16,13 @@ SHAPES_LORA_TARGETS = (
     "to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2", "conv1", "conv2",
 )
 
+MIXED_PRECISION_MODES = ("no", "fp16", "bf16")
+
 # May differ between a checkpoint and the run resuming from it; any other change is refused on resume.
+# mixed_precision and gradient_checkpointing are hardware knobs: a run may resume on another machine.
 RESUMABLE_CHANGES = frozenset(
-    {"num_rounds", "checkpoint_every", "keep_last_checkpoints", "resume", "kl_report_trajectories", "sample_batch_size"}
+    {"num_rounds", "checkpoint_every", "keep_last_checkpoints", "resume", "kl_report_trajectories", "sample_batch_size",
+     "mixed_precision", "gradient_checkpointing"}
 )
 
 
@@ -65,6 +69,13 @@ class FinetuneConfig:
         keep_last_checkpoints: Checkpoints kept on disk; older ones are deleted.
         resume: Continue from the latest checkpoint in the checkpoint folder if there is one; False starts
             fresh and deletes the old checkpoints once the new run's first checkpoint is written.
+        mixed_precision: ``"no"`` runs the UNet, VAE and text encoder in the pipeline's own dtype;
+            ``"fp16"``/``"bf16"`` run their forward passes (sampling, KL report, policy steps) under
+            ``torch.autocast`` in float16/bfloat16, fp16 with dynamic loss scaling (a step whose scaled
+            gradient overflows is skipped and counted; the scale restarts on resume). In every mode the
+            LoRA weights and their AdamW state are float32, and the value function runs in float32.
+        gradient_checkpointing: Recompute the UNet's activations in the backward pass of the policy
+            steps instead of storing them: less memory, slower steps, the same gradients.
     """
 
     seed: int = 0
@@ -100,6 +111,8 @@ class FinetuneConfig:
     checkpoint_every: int = 10
     keep_last_checkpoints: int = 2
     resume: bool = True
+    mixed_precision: str = "no"
+    gradient_checkpointing: bool = False
 
     def __post_init__(self) -> None:
         def fail(name: str, requirement: str) -> None:
@@ -143,8 +156,10 @@ class FinetuneConfig:
         number("kl_weight", ge=0)
         number("clip_range", gt=0, lt=1)
         number("value_learning_rate", gt=0)
-        for name in ("use_value_function", "per_prompt_normalisation", "resume"):
+        for name in ("use_value_function", "per_prompt_normalisation", "resume", "gradient_checkpointing"):
             boolean(name)
+        if self.mixed_precision not in MIXED_PRECISION_MODES:
+            fail("mixed_precision", f"one of {list(MIXED_PRECISION_MODES)}")
 
         targets = self.lora_target_modules
         if not isinstance(targets, (list, tuple)) or not targets or not all(isinstance(t, str) and t for t in targets):

@@ -13,6 +13,7 @@ disabled. The UNet stays in eval mode (no dropout), only the LoRA weights train.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -81,6 +82,15 @@ clipping; ``skipped_steps``: policy steps dropped for a non-finite loss or gradi
 
 # Random streams of a round (see module docstring).
 _PROMPTS, _SAMPLING, _VALUE, _POLICY, _LORA_INIT, _VALUE_INIT = range(6)
+
+_AUTOCAST_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def _autocast(config: FinetuneConfig, device: torch.device) -> contextlib.AbstractContextManager:
+    """Autocast for the diffusion model's forward passes (``config.mixed_precision``); a no-op for "no"."""
+    if config.mixed_precision == "no":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=_AUTOCAST_DTYPES[config.mixed_precision])
 
 
 @dataclass
@@ -201,9 +211,10 @@ def _policy_microbatch(
     cond, uncond = batch.prompt_embeds, batch.negative_prompt_embeds
     reference_output = None
     if config.kl_weight > 0:
-        with torch.no_grad(), reference_model(unet):
+        with torch.no_grad(), reference_model(unet), _autocast(config, x_t.device):
             reference_output = guided_noise_prediction(unet, x_t, timesteps, cond, uncond, config.guidance_scale)
-    model_output = guided_noise_prediction(unet, x_t, timesteps, cond, uncond, config.guidance_scale)
+    with _autocast(config, x_t.device):
+        model_output = guided_noise_prediction(unet, x_t, timesteps, cond, uncond, config.guidance_scale)
     _, log_prob = ddim_step_with_logprob(
         scheduler, model_output, timesteps, x_t, config.eta, prev_sample=batch.next_latents
     )
@@ -269,6 +280,20 @@ def train_dpok(
     with torch.random.fork_rng(devices=[]):
         torch.default_generator.manual_seed(_seed(config.seed, _LORA_INIT))
         lora_params = attach_lora(unet, config.lora_rank, config.lora_alpha, config.lora_target_modules)
+    # The adapter trains in float32 whatever the UNet's dtype: float16 weights would round away updates of
+    # lr 1e-5, and the fp16 loss scaler cannot unscale float16 gradients. peft casts at the adapter's edges.
+    for parameter in lora_params:
+        if parameter.dtype != torch.float32:
+            parameter.data = parameter.data.float()
+    if unet.dtype == torch.float16 and config.mixed_precision != "fp16":
+        logger.warning(
+            "the UNet is float16 and finetune.mixed_precision is %r: gradients pass through float16 activations "
+            "without loss scaling and may underflow; mixed_precision: fp16 adds the scaling", config.mixed_precision,
+        )
+    if config.gradient_checkpointing:
+        unet.enable_gradient_checkpointing()
+    # Dynamic loss scaling for fp16 only; disabled, its calls are the plain ones (scale(x) is x).
+    scaler = torch.amp.GradScaler(device.type, enabled=config.mixed_precision == "fp16")
     optimizer = torch.optim.AdamW(lora_params, lr=config.learning_rate, weight_decay=config.adam_weight_decay)
 
     value_fn = value_optimizer = None
@@ -314,7 +339,7 @@ def train_dpok(
         for round_number in range(start + 1, config.num_rounds + 1):
             metrics = _train_round(
                 pipeline, prompts, reward_fn, config, round_number, buffer, optimizer, lora_params,
-                value_fn, value_optimizer, normaliser,
+                value_fn, value_optimizer, normaliser, scaler,
             )
             history.append(metrics)
             if round_number % config.checkpoint_every == 0 or round_number == config.num_rounds:
@@ -373,6 +398,7 @@ def _train_round(
     value_fn: ValueFunction | None,
     value_optimizer: torch.optim.Optimizer | None,
     normaliser: PerPromptRewardNormaliser | None,
+    scaler: torch.amp.GradScaler,
 ) -> dict[str, float]:
     """One round; returns its metrics (keys :data:`METRIC_NAMES`)."""
     unet, scheduler = pipeline.unet, pipeline.scheduler
@@ -382,7 +408,8 @@ def _train_round(
     tick = time.perf_counter()
     choice = torch.randint(len(prompts), (config.g_batch,), generator=_generator(config.seed, round_number, _PROMPTS))
     round_prompts = [prompts[i] for i in choice.tolist()]
-    trajectory = _sample_round(pipeline, round_prompts, config, round_number)
+    with _autocast(config, device):
+        trajectory = _sample_round(pipeline, round_prompts, config, round_number)
     seconds_sampling = time.perf_counter() - tick
 
     tick = time.perf_counter()
@@ -392,10 +419,11 @@ def _train_round(
     tick = time.perf_counter()
     kl_bound = float("nan")
     if config.kl_report_trajectories > 0:
-        bounds = trajectory_kl_bound(
-            unet, scheduler, trajectory, num_trajectories=config.kl_report_trajectories,
-            chunk_size=config.sample_batch_size or config.g_batch,
-        )
+        with _autocast(config, device):
+            bounds = trajectory_kl_bound(
+                unet, scheduler, trajectory, num_trajectories=config.kl_report_trajectories,
+                chunk_size=config.sample_batch_size or config.g_batch,
+            )
         kl_bound = float(bounds.mean())
     seconds_kl_report = time.perf_counter() - tick
 
@@ -425,27 +453,33 @@ def _train_round(
     for step in range(config.p_step):
         optimizer.zero_grad(set_to_none=True)
         step_stats: list[dict[str, torch.Tensor]] = []
-        problem = None
+        problem, unscaled = None, False
         for _ in range(config.accum):
             batch = buffer.sample(config.p_batch, generator).to(device)
             loss, micro_stats = _policy_microbatch(unet, scheduler, batch, value_fn, config)
             if not torch.isfinite(loss):
                 problem = f"non-finite loss ({loss.item()})"
                 break
-            (loss / config.accum).backward()
+            scaler.scale(loss / config.accum).backward()
             step_stats.append(micro_stats)
         if problem is None:
+            scaler.unscale_(optimizer)  # true gradients before the norm (no-op unless fp16)
+            unscaled = True
             grad_norm = torch.nn.utils.clip_grad_norm_(lora_params, config.max_grad_norm)
             if not torch.isfinite(grad_norm):
                 problem = f"non-finite gradient norm ({float(grad_norm)})"
         if problem is not None:
             optimizer.zero_grad(set_to_none=True)
             skipped += 1
+            if unscaled and scaler.is_enabled():
+                scaler.update()  # an fp16 overflow lowers the loss scale
+                problem += f"; fp16 loss scale lowered to {scaler.get_scale():g}"
             logger.warning(
                 "round %d, policy step %d: %s; step skipped, LoRA unchanged", round_number, step + 1, problem
             )
             continue
-        optimizer.step()
+        scaler.step(optimizer)
+        scaler.update()
         optimizer.zero_grad(set_to_none=True)
         grad_norms.append(float(grad_norm))
         for micro in step_stats:

@@ -9,7 +9,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 from diffusers import StableDiffusionPipeline
 from PIL import Image
@@ -21,15 +20,13 @@ from dpok.evaluation import (
     SamplingConfig,
     blinded_images,
     build_pairs,
+    comparison_grid,
     comparison_metrics,
     flat_metrics,
-    image_grid,
     pair_manifests,
-    partition_id,
     per_prompt_differences,
     render_page,
     render_report,
-    select_grid_prompts,
 )
 from dpok.evaluation.history import learning_curves
 from dpok.evaluation.manifest import PLAN_COLUMNS, check_saved, log_sample_set, sample_set_summary
@@ -113,37 +110,15 @@ def compare_scores(
     return metrics, {key: {"value": value, "step": 0} for key, value in flat_metrics(metrics).items()}
 
 
-def _load_rows(
-    manifest: pd.DataFrame, loaders: dict[str, Callable], prompts: list[str], n_seeds: int
-) -> list[np.ndarray]:
-    rows = []
-    for prompt in prompts:
-        files = manifest.loc[manifest["prompt"] == prompt, "file"].head(n_seeds)
-        rows.append(np.stack([np.asarray(loaders[partition_id(f)]().convert("RGB")) for f in files]))
-    return rows
-
-
 def draw_comparison_grid(
     pretrained_manifest: pd.DataFrame, finetuned_manifest: pd.DataFrame,
     pretrained_samples: dict[str, Callable], finetuned_samples: dict[str, Callable], params: dict[str, Any],
 ) -> Image.Image:
     """Rows: prompts (spread over splits and categories); columns: base | fine-tuned at the same seeds."""
     config = EvaluateConfig.from_dict(params)
-    prompts = select_grid_prompts(pretrained_manifest, config.grid_max_prompts)
-    # Same seeds on both sides: order the fine-tuned manifest by the base manifest's (prompt, seed) rows.
-    tuned = pretrained_manifest[["prompt", "seed"]].merge(
-        finetuned_manifest[["prompt", "seed", "file"]], on=["prompt", "seed"]
-    )
-    base_rows = _load_rows(pretrained_manifest, pretrained_samples, prompts, config.grid_seeds)
-    tuned_rows = _load_rows(tuned, finetuned_samples, prompts, config.grid_seeds)
-    n = base_rows[0].shape[0]
-    splits = pretrained_manifest.drop_duplicates("prompt").set_index("prompt")
-    labels = [f"[{splits.at[p, 'split']}/{splits.at[p, 'category']}] {p}" for p in prompts]
-    return image_grid(
-        [np.concatenate([b, t]) for b, t in zip(base_rows, tuned_rows)],
-        row_labels=labels,
-        column_labels=[f"base {i + 1}" for i in range(n)] + [f"tuned {i + 1}" for i in range(n)],
-        scale=config.grid_scale,
+    return comparison_grid(
+        pretrained_manifest, finetuned_manifest, pretrained_samples, finetuned_samples,
+        max_prompts=config.grid_max_prompts, n_seeds=config.grid_seeds, scale=config.grid_scale,
     )
 
 

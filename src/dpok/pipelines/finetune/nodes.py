@@ -13,7 +13,7 @@ import torch
 from diffusers import StableDiffusionPipeline
 from PIL import Image
 
-from dpok.evaluation import curves_figure
+from dpok.evaluation.history import learning_curves
 from dpok.models import check_prompt_words
 from dpok.rewards import weighted_reward
 from dpok.rl import FinetuneConfig, train_dpok
@@ -113,14 +113,5 @@ def finetune(pipeline: StableDiffusionPipeline, validated: dict[str, Any]):
 
 
 def plot_learning_curves(history: pd.DataFrame) -> Image.Image:
-    """Reward and the KL bound per round (the two numbers DPOK trades off), plus the policy loss."""
-    rounds = history["round"].tolist()
-    return curves_figure(
-        {
-            "reward (mean over the round)": (rounds, history["reward_mean"].tolist()),
-            "KL bound (nats, exact)": (rounds, history["kl_bound_nats"].tolist()),
-            "policy loss": (rounds, history["policy_loss"].tolist()),
-        },
-        title="DPOK fine-tuning",
-        xlabel="round",
-    )
+    """Reward, the KL bound and the losses per round (the numbers DPOK trades off)."""
+    return learning_curves(history)

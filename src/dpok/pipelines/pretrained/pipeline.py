@@ -1,15 +1,15 @@
 from kedro.pipeline import Node, Pipeline
 
 from dpok.pipelines.pretrained.nodes import sample_pretrained_images, write_pretrained_manifest
-from dpok.pipelines.prompts import create_pipeline as prompts_pipeline
+from dpok.pipelines.prompts.pipeline import prompts_in_memory
 
 
 def create_pipeline(**kwargs) -> Pipeline:
-    return prompts_pipeline() + Pipeline(
+    return prompts_in_memory("pretrained") + Pipeline(
         [
             Node(
                 sample_pretrained_images,
-                ["base_model", "prompts", "params:pretrained"],
+                ["base_model", "pretrained_prompts", "params:pretrained"],
                 ["pretrained_samples", "pretrained_sampling_run"],
                 name="sample_pretrained_images_node",
             ),

@@ -1,0 +1,374 @@
+"""The LAION aesthetic predictor on CLIP ViT-L/14, and the CLIP-side pieces ImageReward shares with it.
+
+**Aesthetic score** (christophschuhmann/improved-aesthetic-predictor, weights
+``sac+logos+ava1-l14-linearMSE.pth``): the CLIP ViT-L/14 image embedding (the *projected* 768-d
+embedding, OpenAI CLIP's ``encode_image``, transformers' ``get_image_features``), L2-normalised, through
+an MLP 768→1024→128→64→16→1. The MLP has dropout between its layers and *no activation* (the ReLUs are
+commented out in the original), so in eval mode it is one affine map, fitted with MSE to AVA ratings
+(about 1-10). :class:`ScoreMLP` is that MLP; ImageReward reuses the same class as its head (on its
+768-d text feature), so both load with the same keys: ``layers.0``, ``layers.2``, ``layers.4``,
+``layers.6``, ``layers.7`` (the odd indices are the dropouts).
+
+**Preprocessing** (CLIP's transform, which ImageReward uses too): resize the shorter side to 224 with
+bicubic filtering, centre-crop 224×224, scale to [0, 1], normalise by CLIP's mean/std. We do it on
+tensors, batched, on the scoring device (:func:`clip_preprocess`). The originals run torchvision on PIL
+images; PIL's bicubic is the same filter (Keys a = −0.5, widened when downscaling, as torch's
+``antialias=True``) but rounds to uint8 between its horizontal and vertical passes, so pixels differ by
+at most ~3/255 (mean ~0.3/255); ``tests/models/test_aesthetic.py`` measures it.
+
+Also here, because both reward models need them: device/dtype resolution, checking that a local path
+or hub id is usable before anything loads, and strict state-dict checks with errors that name the keys.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+SCORE_MLP_WIDTHS = (1024, 128, 64, 16)
+SCORE_MLP_KEYS = tuple(f"layers.{i}.{p}" for i in (0, 2, 4, 6, 7) for p in ("weight", "bias"))
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+class CheckpointMismatchError(ValueError):
+    """A weights file whose keys or shapes are not those the model expects (nothing was loaded)."""
+
+
+# --- devices, dtypes, sources ----------------------------------------------------------------------
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """``"auto"`` is CUDA when available, else CPU; anything else is passed to ``torch.device``."""
+    if isinstance(device, str) and device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype:
+    """``"auto"`` is float16 on CUDA and float32 elsewhere; else one of :data:`DTYPES` by name."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype == "auto":
+        return torch.float16 if device.type == "cuda" else torch.float32
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be 'auto' or one of {sorted(DTYPES)}, got {dtype!r}")
+    return DTYPES[dtype]
+
+
+def check_device_and_dtype(reward: str, device: str, dtype: str) -> None:
+    """Validate the ``device`` and ``dtype`` options of a reward without touching a GPU."""
+    if not isinstance(device, str) or not (device == "auto" or device.startswith(("cpu", "cuda", "mps"))):
+        raise ValueError(f"{reward}: device must be 'auto', 'cpu', 'cuda[:N]' or 'mps', got {device!r}")
+    if dtype != "auto" and dtype not in DTYPES:
+        raise ValueError(f"{reward}: dtype must be 'auto' or one of {sorted(DTYPES)}, got {dtype!r}")
+
+
+def _hub_offline() -> bool:
+    return any(os.environ.get(name, "0").lower() in ("1", "true", "yes") for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+
+
+def _looks_like_hub_id(source: str) -> bool:
+    parts = source.split("/")
+    return (
+        not source.startswith((".", "/", "~"))
+        and 1 <= len(parts) <= 2
+        and all(p and all(c.isalnum() or c in "-_." for c in p) for p in parts)
+    )
+
+
+def resolve_file(path: str, reward: str, option: str, fix: str) -> Path:
+    """``path`` as an existing file, or a FileNotFoundError naming the reward option and the fix."""
+    if not isinstance(path, str) or not path.strip():
+        raise FileNotFoundError(f"{reward}: option `{option}` is empty; {fix}")
+    resolved = Path(path).expanduser()
+    if not resolved.is_file():
+        raise FileNotFoundError(f"{reward}: `{option}` file '{path}' does not exist; {fix}")
+    return resolved
+
+
+def resolve_pretrained(source: str, reward: str, option: str, marker: str, fix: str) -> str:
+    """A local folder holding ``marker`` (e.g. ``config.json``) or a hub id, checked before loading.
+
+    A hub id is accepted when online, or offline (``HF_HUB_OFFLINE=1``) if it is in the hub cache.
+    """
+    if not isinstance(source, str) or not source.strip():
+        raise FileNotFoundError(f"{reward}: option `{option}` is empty; {fix}")
+    path = Path(source).expanduser()
+    if path.exists():
+        if not (path / marker).is_file():
+            raise FileNotFoundError(
+                f"{reward}: `{option}` folder '{source}' has no {marker}; point it at a folder written by "
+                f"save_pretrained (or give a hub id). {fix}"
+            )
+        return str(path)
+    if not _looks_like_hub_id(source):
+        raise FileNotFoundError(f"{reward}: `{option}` '{source}' is neither an existing folder nor a hub id; {fix}")
+    if _hub_offline():
+        from huggingface_hub import try_to_load_from_cache
+
+        if not isinstance(try_to_load_from_cache(source, marker), str):
+            raise FileNotFoundError(
+                f"{reward}: `{option}` '{source}' is not a local folder, is not in the hub cache, and the hub is "
+                f"offline (HF_HUB_OFFLINE/TRANSFORMERS_OFFLINE=1); {fix}"
+            )
+    return source
+
+
+# --- state dicts -----------------------------------------------------------------------------------
+
+
+def load_weights_file(path: str | Path) -> dict[str, torch.Tensor]:
+    """A flat ``{name: tensor}`` from a ``.safetensors`` or torch pickle file (``weights_only``, no code runs).
+
+    A pickle holding ``{"state_dict": {...}}`` or ``{"model": {...}}`` (training-checkpoint layouts) is
+    unwrapped.
+    """
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    data = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(data, Mapping) and len(data) == 1:
+        (only_key, inner), = data.items()
+        if only_key in ("state_dict", "model") and isinstance(inner, Mapping):
+            data = inner
+    if not isinstance(data, Mapping) or not all(isinstance(v, torch.Tensor) for v in data.values()):
+        raise CheckpointMismatchError(f"'{path}' does not hold a state dict (a mapping of names to tensors)")
+    return dict(data)
+
+
+def check_state_dict(
+    expected: Mapping[str, torch.Tensor],
+    given: Mapping[str, torch.Tensor],
+    what: str,
+    display: Callable[[str], str] = lambda key: key,
+    hint: str = "",
+) -> None:
+    """Raise :class:`CheckpointMismatchError` unless ``given`` has exactly ``expected``'s keys and shapes.
+
+    ``display`` turns a key into the name the user's file uses (for messages in the file's own naming).
+    """
+    missing = sorted(set(expected) - set(given))
+    unexpected = sorted(set(given) - set(expected))
+    wrong_shape = sorted(
+        k for k in set(expected) & set(given) if tuple(expected[k].shape) != tuple(given[k].shape)
+    )
+    if not (missing or unexpected or wrong_shape):
+        return
+
+    def listing(keys: list[str], describe: Callable[[str], str]) -> str:
+        shown = ", ".join(describe(k) for k in keys[:8])
+        return shown + (f", ... ({len(keys) - 8} more)" if len(keys) > 8 else "")
+
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} missing key(s): {listing(missing, display)}")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected key(s): {listing(unexpected, display)}")
+    if wrong_shape:
+        problems.append(
+            f"{len(wrong_shape)} shape mismatch(es): "
+            + listing(wrong_shape, lambda k: f"{display(k)} {tuple(given[k].shape)} != {tuple(expected[k].shape)}")
+        )
+    raise CheckpointMismatchError(f"{what} does not match the model; nothing was loaded: {'; '.join(problems)}. {hint}".strip())
+
+
+# --- preprocessing ---------------------------------------------------------------------------------
+
+
+def uint8_images_to_pixels(images: np.ndarray) -> torch.Tensor:
+    """``(N, H, W, 3)`` uint8 images to a float32 ``(N, 3, H, W)`` tensor in [0, 1] (torchvision's ToTensor)."""
+    return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float().div_(255.0)
+
+
+def resized_shape(height: int, width: int, size: int) -> tuple[int, int]:
+    """torchvision ``Resize(size)``: the shorter side becomes ``size``, the longer ``int(size * long / short)``."""
+    if height <= width:
+        return size, int(size * width / height)
+    return int(size * height / width), size
+
+
+def clip_preprocess(pixels: torch.Tensor, size: int) -> torch.Tensor:
+    """CLIP's transform on a batch: bicubic resize of the shorter side to ``size``, centre crop, normalise.
+
+    ``pixels``: float ``(N, 3, H, W)`` in [0, 1] on any device. Returns float32 ``(N, 3, size, size)``.
+    """
+    if pixels.ndim != 4 or pixels.shape[1] != 3:
+        raise ValueError(f"pixels must have shape (N, 3, H, W), got {tuple(pixels.shape)}")
+    x = pixels.float()
+    height, width = resized_shape(x.shape[2], x.shape[3], size)
+    if (height, width) != tuple(x.shape[2:]):
+        x = F.interpolate(x, size=(height, width), mode="bicubic", align_corners=False, antialias=True)
+        x = x.clamp(0.0, 1.0)  # PIL's output is clipped to 0..255
+    top, left = int(round((height - size) / 2.0)), int(round((width - size) / 2.0))  # torchvision CenterCrop
+    x = x[:, :, top : top + size, left : left + size]
+    mean = torch.tensor(CLIP_MEAN, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(CLIP_STD, device=x.device).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
+# --- the MLP ---------------------------------------------------------------------------------------
+
+
+class ScoreMLP(nn.Module):
+    """The improved-aesthetic-predictor MLP: ``input_size``→1024→128→64→16→1, linear, dropout between.
+
+    Always runs in float32 (the originals cast their features with ``.float()``). Returns shape (N,).
+    """
+
+    def __init__(self, input_size: int) -> None:
+        super().__init__()
+        w1, w2, w3, w4 = SCORE_MLP_WIDTHS
+        self.input_size = int(input_size)
+        self.layers = nn.Sequential(
+            nn.Linear(self.input_size, w1),
+            nn.Dropout(0.2),
+            nn.Linear(w1, w2),
+            nn.Dropout(0.2),
+            nn.Linear(w2, w3),
+            nn.Dropout(0.1),
+            nn.Linear(w3, w4),
+            nn.Linear(w4, 1),
+        )
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.layers(features.float()).squeeze(-1)
+
+
+# --- the aesthetic model ---------------------------------------------------------------------------
+
+
+class AestheticModel(nn.Module):
+    """CLIP's image tower and projection, then :class:`ScoreMLP` on the L2-normalised embedding.
+
+    Only the vision half of a ``CLIPModel`` is kept (the text tower is dropped after loading).
+    """
+
+    def __init__(self, vision_model: nn.Module, visual_projection: nn.Linear, image_size: int) -> None:
+        super().__init__()
+        self.vision_model = vision_model
+        self.visual_projection = visual_projection
+        self.image_size = int(image_size)
+        self.mlp = ScoreMLP(visual_projection.out_features)
+
+    @classmethod
+    def from_clip(cls, clip: nn.Module) -> AestheticModel:
+        """From a transformers ``CLIPModel`` (its vision tower and projection, shared, not copied)."""
+        return cls(clip.vision_model, clip.visual_projection, clip.config.vision_config.image_size)
+
+    def image_embeddings(self, pixels: torch.Tensor) -> torch.Tensor:
+        """L2-normalised projected CLIP embeddings (float32, ``(N, D)``) of ``pixels`` in [0, 1]."""
+        weight = self.visual_projection.weight
+        inputs = clip_preprocess(pixels.to(weight.device), self.image_size).to(weight.dtype)
+        pooled = self.vision_model(pixel_values=inputs).pooler_output
+        embeddings = self.visual_projection(pooled).float()
+        return embeddings / embeddings.norm(dim=-1, keepdim=True)
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Aesthetic scores, shape (N,), float32."""
+        return self.mlp(self.image_embeddings(pixels))
+
+    @torch.no_grad()
+    def score(self, pixels: torch.Tensor, batch_size: int = 16) -> torch.Tensor:
+        """Scores of a batch of ``pixels`` (float (N, 3, H, W) in [0, 1]), ``batch_size`` at a time, on CPU."""
+        if self.training:
+            raise RuntimeError("call .eval() before scoring: dropout would make the scores random")
+        parts = [self(pixels[i : i + batch_size]).cpu() for i in range(0, pixels.shape[0], batch_size)]
+        return torch.cat(parts) if parts else torch.zeros(0)
+
+
+def load_score_mlp(mlp: ScoreMLP, weights: str | Path) -> ScoreMLP:
+    """Load ``weights`` into ``mlp`` strictly (every key, every shape), or raise naming the differences."""
+    state = load_weights_file(weights)
+    check_state_dict(
+        mlp.state_dict(), state, f"aesthetic MLP weights '{weights}'",
+        hint=f"expected the improved-aesthetic-predictor layout ({', '.join(SCORE_MLP_KEYS[::2])} with biases) "
+        f"for a {mlp.input_size}-d CLIP embedding (ViT-L/14: 768, file sac+logos+ava1-l14-linearMSE.pth)",
+    )
+    mlp.load_state_dict(state, strict=True)
+    return mlp
+
+
+def load_aesthetic_model(
+    clip_model: str, mlp_weights: str | Path, device: str | torch.device = "auto", dtype: str | torch.dtype = "auto"
+) -> AestheticModel:
+    """The aesthetic model from a ``CLIPModel`` folder or hub id and the MLP weights file, in eval mode.
+
+    The CLIP tower runs in ``dtype`` (``"auto"``: float16 on CUDA, else float32); the MLP in float32.
+    Refuses a CLIP checkpoint whose vision weights did not all load.
+    """
+    from transformers import CLIPModel
+
+    device = resolve_device(device)
+    dtype = resolve_dtype(dtype, device)
+    clip, info = CLIPModel.from_pretrained(clip_model, output_loading_info=True)
+    missing = [k for k in info.get("missing_keys", []) if k.startswith(("vision_model.", "visual_projection."))]
+    mismatched = list(info.get("mismatched_keys", []))
+    if missing or mismatched:
+        raise CheckpointMismatchError(
+            f"aesthetic: CLIP model '{clip_model}' did not load its image tower: missing {missing[:8]}, "
+            f"mismatched {mismatched[:8]}; use a CLIPModel checkpoint such as openai/clip-vit-large-patch14"
+        )
+    model = AestheticModel.from_clip(clip)
+    del clip  # the text tower is not needed
+    load_score_mlp(model.mlp, mlp_weights)
+    model.vision_model.to(device=device, dtype=dtype)
+    model.visual_projection.to(device=device, dtype=dtype)
+    model.mlp.to(device=device, dtype=torch.float32)
+    return model.eval().requires_grad_(False)
+
+
+def write_tiny_aesthetic(folder: str | Path, seed: int = 0) -> dict[str, str]:
+    """Write a tiny random-weight CLIP (``save_pretrained`` folder) and an MLP weights file in the LAION
+    layout, for tests and smoke runs; returns the ``aesthetic`` reward options."""
+    from transformers import CLIPConfig, CLIPModel
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    config = CLIPConfig(
+        text_config=dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+                         vocab_size=64, max_position_embeddings=16, bos_token_id=0, eos_token_id=1, pad_token_id=1),
+        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                           image_size=32, patch_size=8),
+        projection_dim=24,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        clip = CLIPModel(config).eval()
+        mlp = ScoreMLP(config.projection_dim)
+        with torch.no_grad():  # spread the output so that scores differ visibly between images
+            for layer in mlp.layers:
+                if isinstance(layer, nn.Linear):
+                    layer.weight.normal_(0.0, 1.0 / layer.in_features**0.5)
+    clip.save_pretrained(folder / "clip")
+    torch.save(mlp.state_dict(), folder / "aesthetic_mlp.pth")
+    return {"clip_model": str(folder / "clip"), "mlp_weights": str(folder / "aesthetic_mlp.pth")}
+
+
+__all__ = [
+    "CLIP_MEAN",
+    "CLIP_STD",
+    "AestheticModel",
+    "CheckpointMismatchError",
+    "ScoreMLP",
+    "check_state_dict",
+    "clip_preprocess",
+    "load_aesthetic_model",
+    "load_score_mlp",
+    "load_weights_file",
+    "resolve_device",
+    "resolve_dtype",
+    "resolve_file",
+    "resolve_pretrained",
+    "uint8_images_to_pixels",
+    "write_tiny_aesthetic",
+]

@@ -1,0 +1,126 @@
+"""The finetune pipeline: parameter checks before any model loads, and a 2-round run on the shipped model."""
+
+import copy
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import yaml
+from kedro.io import DataCatalog, MemoryDataset
+from kedro.runner import SequentialRunner
+
+from dpok.models import ModelSourceError, load_lora, load_pipeline
+from dpok.pipelines.finetune import create_pipeline
+from dpok.pipelines.finetune.nodes import FinetuneRunConfig, validate_finetune_params
+from dpok.rewards import UnknownRewardError
+
+ROOT = Path(__file__).resolve().parents[2]
+SHIPPED = ROOT / "data/06_models/shapes_base"
+
+
+def base_params() -> dict:
+    return yaml.safe_load((ROOT / "conf/base/parameters_finetune.yml").read_text())["finetune"]
+
+
+def tiny_settings(params: dict, tmp_path: Path) -> dict:
+    params = copy.deepcopy(params)
+    params["checkpoint_dir"] = str(tmp_path / "checkpoints")
+    params["rl"].update(
+        num_rounds=2, g_batch=4, num_inference_steps=4, p_batch=4, accum=1, p_step=1, value_batch_size=8,
+        value_steps=1, buffer_size=64, kl_report_trajectories=1, checkpoint_every=1,
+    )
+    return params
+
+
+PROMPTS = pd.DataFrame({"prompt": ["a green triangle", "a red circle"], "category": "color", "split": ["train", "heldout"]})
+
+
+@pytest.mark.parametrize(
+    "change, error, message",
+    [
+        (lambda p: p["rl"].update(learning_rate=0.0), ValueError, "finetune.learning_rate must be"),
+        (lambda p: p["rl"].update(kl_weight=-0.1), ValueError, "finetune.kl_weight"),
+        (lambda p: p["rl"].update(p_batch=2000), ValueError, "p_batch"),
+        (lambda p: p["rl"].update(kl_form="l2"), ValueError, "kl_form"),
+        (lambda p: p.update(reward={"image_reward_typo": 1.0}), UnknownRewardError, "image_reward_typo"),
+        (lambda p: p.update(train_split="dev"), ValueError, "no prompt has split 'dev'"),
+        (lambda p: p.update(device="tpu"), ValueError, "finetune.device"),
+        (lambda p: p.update(lr=1), ValueError, "unknown key"),
+    ],
+)
+def test_bad_parameters_fail_before_any_model_loads(change, error, message):
+    params = base_params()
+    change(params)
+
+    def model_must_not_load():
+        raise AssertionError("the model was loaded before the parameters were checked")
+
+    catalog = DataCatalog()
+    catalog["params:finetune"] = MemoryDataset(params)
+    catalog["params:prompts"] = MemoryDataset({"path": str(ROOT / "data/01_raw/prompts/shapes_eval.csv")})
+    catalog["base_model"] = _LazyFail(model_must_not_load)
+    with pytest.raises(error, match=message):
+        SequentialRunner().run(create_pipeline(), catalog)
+
+
+class _LazyFail(MemoryDataset):
+    def __init__(self, on_load):
+        super().__init__()
+        self._on_load = on_load
+
+    def load(self):
+        return self._on_load()
+
+
+def test_missing_model_path_is_a_clear_error(tmp_path):
+    from kedro.io import DatasetError
+
+    from dpok.datasets import DiffusersPipelineDataset
+
+    with pytest.raises(ModelSourceError, match="data/06_models/nope' does not exist"):
+        load_pipeline("data/06_models/nope", root=tmp_path)
+    with pytest.raises(DatasetError, match="data/06_models/nope' does not exist.*fix the path"):
+        DiffusersPipelineDataset(path="data/06_models/nope").load()
+    with pytest.raises(ModelSourceError, match="not in the hub cache, and HF_HUB_OFFLINE=1"):
+        load_pipeline("someone/no-such-model")
+
+
+def test_validated_config_round_trips():
+    validated = validate_finetune_params(base_params(), PROMPTS)
+    assert validated["train_prompts"] == ["a green triangle"]
+    assert FinetuneRunConfig(**validated["run"]).reward == {"shapes_judge": 1.0}
+
+
+@pytest.mark.skipif(not SHIPPED.exists(), reason="the shipped base model is not in this checkout")
+def test_two_rounds_on_the_shipped_model_write_a_lora_stock_diffusers_loads(tmp_path):
+    params = tiny_settings(base_params(), tmp_path)
+    catalog = DataCatalog()
+    catalog["params:finetune"] = MemoryDataset(params)
+    catalog["params:prompts"] = MemoryDataset({"path": str(ROOT / "data/01_raw/prompts/shapes_eval.csv")})
+    from dpok.datasets import DiffusersPipelineDataset, LoraWeightsDataset
+
+    catalog["base_model"] = DiffusersPipelineDataset(path=str(SHIPPED))
+    catalog["lora"] = LoraWeightsDataset(path=str(tmp_path / "lora"))
+    SequentialRunner().run(create_pipeline(), catalog)
+
+    history = catalog.load("finetune_history")
+    assert history["round"].tolist() == [1, 2]
+    assert np.isfinite(history["reward_mean"]).all() and np.isfinite(history["kl_bound_nats"]).all()
+    assert catalog.load("finetune_curves").size[0] > 100
+    assert len(list((tmp_path / "checkpoints").iterdir())) >= 1
+
+    def sample(pipe):
+        return pipe(
+            ["a green triangle"] * 2, num_inference_steps=4, guidance_scale=3.0, eta=1.0, output_type="np",
+            generator=[torch.Generator().manual_seed(s) for s in (0, 1)],
+        ).images
+
+    base = load_pipeline(str(SHIPPED))
+    before = sample(base)
+    load_lora(base, catalog.load("lora"))
+    after = sample(base)
+    assert np.abs(after - before).max() > 1e-4, "the saved LoRA did not change the images"
+    shutil.rmtree(tmp_path / "checkpoints")

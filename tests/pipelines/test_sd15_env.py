@@ -1,0 +1,128 @@
+"""The `sd15` environment: the paper's values, values only, and the finetune pipeline run end to end in
+that code path on a tiny random-weight SD-architecture model with the aesthetic reward."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+import yaml
+
+from dpok.rl import FinetuneConfig
+
+SD15_HUB_ID = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+PAPER_WORDS = ("a", "green", "colored", "rabbit", "cat", "and", "dog", "four", "wolves", "in", "the", "park", "on", "moon")
+
+
+def load_config(project_root: Path, env: str, runtime_params: dict | None = None):
+    from kedro.config import OmegaConfigLoader
+
+    from dpok.settings import CONFIG_LOADER_ARGS
+
+    return OmegaConfigLoader(
+        conf_source=str(project_root / "conf"), env=env, runtime_params=runtime_params or {}, **CONFIG_LOADER_ARGS
+    )
+
+
+@pytest.fixture(scope="module")
+def sd15(project_root):
+    loader = load_config(project_root, "sd15")
+    return {"parameters": loader["parameters"], "catalog": loader["catalog"]}
+
+
+def test_sd15_holds_the_papers_single_prompt_setting(sd15):
+    params = sd15["parameters"]
+    rl = FinetuneConfig.from_dict(params["finetune"]["rl"])
+    assert (rl.eta, rl.num_inference_steps, rl.guidance_scale) == (1.0, 50, 7.5)
+    assert (rl.lora_rank, rl.lora_alpha, rl.lora_target_modules) == (4, 4.0, ("to_q", "to_k", "to_v", "to_out.0"))
+    assert (rl.learning_rate, rl.max_grad_norm, rl.reward_weight, rl.kl_weight) == (1e-5, 0.1, 10.0, 0.01)
+    assert (rl.buffer_size, rl.g_batch, rl.p_batch, rl.accum, rl.p_step) == (1000, 10, 4, 12, 5)
+    assert rl.num_rounds * rl.p_step == 10_000  # the paper's total policy steps
+    assert rl.mixed_precision in ("fp16", "bf16") and rl.gradient_checkpointing is False
+    assert params["finetune"]["reward"] == {"imagereward": 1.0}
+    assert params["prompts"]["path"] == "data/01_raw/prompts/paper_single.txt"
+    base_model = sd15["catalog"]["base_model"]
+    assert base_model["path"] == SD15_HUB_ID and base_model["torch_dtype"] == "float16"
+
+
+def test_sd15_changes_values_not_code_paths(project_root, sd15):
+    base = load_config(project_root, "local")
+    base_params, base_catalog = base["parameters"], base["catalog"]
+    ours = sd15["parameters"]["finetune"]
+    assert set(ours) == set(base_params["finetune"])
+    # every RL field spelled out; the base file may leave the newer ones at their defaults
+    assert set(base_params["finetune"]["rl"]) <= set(ours["rl"]) == set(FinetuneConfig().to_dict())
+    assert set(sd15["parameters"]["prompts"]) == set(base_params["prompts"])
+    overridden = yaml.safe_load((project_root / "conf/sd15/catalog.yml").read_text())
+    for name in overridden:
+        assert sd15["catalog"][name]["type"] == base_catalog[name]["type"], name
+    assert set(sd15["catalog"]) == set(base_catalog)
+
+
+def test_the_model_path_and_dtype_are_chosen_at_run_time(project_root):
+    catalog = load_config(
+        project_root, "sd15", {"base_model_path": "data/06_models/stable-diffusion-v1-5", "base_model_dtype": "bfloat16"}
+    )["catalog"]
+    assert catalog["base_model"] == {
+        "type": "dpok.datasets.DiffusersPipelineDataset",
+        "path": "data/06_models/stable-diffusion-v1-5",
+        "torch_dtype": "bfloat16",
+    }
+
+
+def test_missing_reward_files_stop_the_run_at_validation_naming_the_file(sd15):
+    from dpok.pipelines.finetune.nodes import validate_finetune_params
+
+    prompts = pd.DataFrame({"prompt": ["A green colored rabbit."], "split": ["train"]})
+    with pytest.raises(FileNotFoundError, match=r"imagereward: `checkpoint` file '.*ImageReward\.pt' does not exist.*docs/sd15\.md"):
+        validate_finetune_params(sd15["parameters"]["finetune"], prompts)
+
+
+def test_finetune_runs_in_the_sd15_code_path_on_a_tiny_model(project_root, sd15, tmp_path):
+    from kedro.io import DataCatalog
+    from kedro.runner import SequentialRunner
+
+    from dpok.datasets import DiffusersPipelineDataset
+    from dpok.models import build_tiny_pipeline
+    from dpok.models.aesthetic import write_tiny_aesthetic
+    from dpok.pipelines.finetune import create_pipeline
+
+    # The sd15 model entry, pointed at a tiny random-weight pipeline of SD's architecture.
+    model_entry = dict(sd15["catalog"]["base_model"], path=str(tmp_path / "tiny_sd"))
+    DiffusersPipelineDataset(model_entry["path"]).save(build_tiny_pipeline(seed=0, words=PAPER_WORDS))
+    # The sd15 parameters with the reward swapped for a tiny aesthetic model and the sizes shrunk.
+    params = yaml.safe_load(yaml.safe_dump(sd15["parameters"]))  # a deep copy
+    finetune = params["finetune"]
+    finetune["reward"] = {"aesthetic": 1.0}
+    finetune["reward_kwargs"] = {"aesthetic": {**write_tiny_aesthetic(tmp_path / "aesthetic"), "device": "cpu"}}
+    finetune["checkpoint_dir"] = str(tmp_path / "checkpoints")
+    finetune["device"] = "cpu"
+    finetune["rl"].update(
+        num_rounds=1, g_batch=2, num_inference_steps=2, buffer_size=8, p_batch=2, accum=1, p_step=4,
+        value_batch_size=4, value_steps=1, kl_report_trajectories=1, checkpoint_every=1,
+    )
+    prompts = dict(params["prompts"], path=str(project_root / params["prompts"]["path"]))
+
+    outputs = {name: dict(sd15["catalog"][name]) for name in ("lora", "finetune_history", "finetune_curves")}
+    outputs["lora"]["path"] = str(tmp_path / "lora")
+    for name in ("finetune_history", "finetune_curves"):
+        outputs[name]["filepath"] = str(tmp_path / Path(outputs[name]["filepath"]).name)
+    catalog = DataCatalog.from_config({"base_model": model_entry, **outputs})
+    catalog["params:finetune"] = finetune
+    catalog["params:prompts"] = prompts
+    SequentialRunner().run(create_pipeline(), catalog)
+
+    history = catalog.load("finetune_history")
+    # fp16 loss scaling starts at 2**16 and halves on each overflow: the first steps may be skipped
+    assert list(history["round"]) == [1] and history["skipped_steps"].iloc[0] < 4
+    assert history[["reward_mean", "policy_loss", "kl_bound_nats"]].notna().all().all()
+    lora = catalog.load("lora")
+    assert (lora / "pytorch_lora_weights.safetensors").is_file()
+    assert (tmp_path / "checkpoints" / "round_000001").is_dir() and (tmp_path / "finetune_curves.png").is_file()
+    from safetensors.torch import load_file
+
+    weights = load_file(lora / "pytorch_lora_weights.safetensors")
+    assert weights and all(".attn" in k and v.dtype == torch.float32 for k, v in weights.items())
+    assert any(v.abs().max() > 0 for k, v in weights.items() if "lora_B" in k)  # a policy step was taken
