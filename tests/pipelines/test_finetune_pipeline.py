@@ -124,3 +124,19 @@ def test_two_rounds_on_the_shipped_model_write_a_lora_stock_diffusers_loads(tmp_
     after = sample(base)
     assert np.abs(after - before).max() > 1e-4, "the saved LoRA did not change the images"
     shutil.rmtree(tmp_path / "checkpoints")
+
+
+def test_run_fingerprint_separates_results_not_lengths():
+    from dpok.pipelines.finetune.nodes import run_fingerprint
+
+    params = base_params()
+    config = FinetuneRunConfig.from_dict(params)
+    same = run_fingerprint(config, ["a green triangle"], "m")
+    longer = copy.deepcopy(params)
+    longer["rl"]["num_rounds"] += 10
+    assert run_fingerprint(FinetuneRunConfig.from_dict(longer), ["a green triangle"], "m") == same
+    faster = copy.deepcopy(params)
+    faster["rl"]["learning_rate"] *= 2
+    assert run_fingerprint(FinetuneRunConfig.from_dict(faster), ["a green triangle"], "m") != same
+    assert run_fingerprint(config, ["a red circle"], "m") != same
+    assert run_fingerprint(config, ["a green triangle"], "other model") != same

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import mlflow
@@ -17,6 +20,7 @@ from dpok.evaluation.history import learning_curves
 from dpok.models import check_prompt_words
 from dpok.rewards import weighted_reward
 from dpok.rl import FinetuneConfig, train_dpok
+from dpok.rl.config import RESUMABLE_CHANGES
 
 logger = logging.getLogger(__name__)
 
@@ -30,7 +34,9 @@ class FinetuneRunConfig:
             the reward is their weighted sum.
         reward_kwargs: Per-reward keyword arguments (for example weight paths), by reward name.
         train_split: Which split of the prompt table is trained on.
-        checkpoint_dir: Where checkpoints are written and resumed from.
+        checkpoint_dir: Root of the checkpoints. Each run writes into ``<checkpoint_dir>/run-<fingerprint>``
+            where the fingerprint hashes everything that shapes the result (RL settings, reward, prompts,
+            model), so a rerun with the same settings resumes and a changed setting starts afresh.
         device: ``auto`` (CUDA if available), ``cpu`` or ``cuda[:N]``.
         rl: :class:`dpok.rl.FinetuneConfig` fields.
     """
@@ -91,6 +97,13 @@ def _log_round_to_mlflow(round_number: int, metrics: dict[str, float]) -> None:
         mlflow.log_metrics(finite, step=round_number)
 
 
+def run_fingerprint(config: FinetuneRunConfig, prompts: list[str], model: str) -> str:
+    """12 hex digits identifying a run's result-shaping settings (not its length or checkpoint knobs)."""
+    rl = {k: v for k, v in FinetuneConfig.from_dict(config.rl).to_dict().items() if k not in RESUMABLE_CHANGES}
+    identity = {"rl": rl, "reward": config.reward, "reward_kwargs": config.reward_kwargs, "prompts": prompts, "model": model}
+    return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
 def finetune(pipeline: StableDiffusionPipeline, validated: dict[str, Any]):
     """Run DPOK; returns the adapted UNet (saved as LoRA by the catalog) and the history table."""
     config = FinetuneRunConfig(**validated["run"])
@@ -98,12 +111,15 @@ def finetune(pipeline: StableDiffusionPipeline, validated: dict[str, Any]):
     # A closed-vocabulary tokenizer (the shapes world's) refuses unknown words; CLIP's accepts all.
     check_prompt_words(pipeline.tokenizer, prompts)
     pipeline.to(_device(config.device))
+    model = str(pipeline.config.get("_name_or_path", ""))
+    checkpoint_dir = Path(config.checkpoint_dir) / f"run-{run_fingerprint(config, prompts, model)}"
+    logger.info("Checkpoints: %s", checkpoint_dir)
     result = train_dpok(
         pipeline,
         prompts,
         config.reward_fn(),
         FinetuneConfig.from_dict(config.rl),
-        config.checkpoint_dir,
+        checkpoint_dir,
         on_round=_log_round_to_mlflow,
     )
     history = pd.DataFrame(result.history)

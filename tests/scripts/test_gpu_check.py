@@ -1,0 +1,63 @@
+"""scripts/gpu_check.py: its --tiny run on the CPU (the same code as the GPU run), and its hard-coded
+configs are Stable Diffusion v1.5's."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+
+import pytest
+import torch
+import yaml
+
+
+@pytest.fixture(scope="module")
+def gpu_check(project_root):
+    spec = importlib.util.spec_from_file_location("gpu_check", project_root / "scripts" / "gpu_check.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_tiny_run_reports_every_phase_as_json(gpu_check, tmp_path, capsys):
+    report = gpu_check.main(["--tiny", "--device", "cpu", "--output", str(tmp_path / "gpu_check.json")])
+    printed = json.loads(capsys.readouterr().out)
+    assert printed == json.loads((tmp_path / "gpu_check.json").read_text()) == json.loads(json.dumps(report))
+    assert report["finite"] is True and report["tiny"] is True
+    assert (report["batch"], report["steps"], report["guidance_scale"]) == (2, 3, 7.5)
+    assert (report["dtype"], report["mixed_precision"]) == ("float16", "fp16")  # conf/sd15's precision
+    for phase in ("pipeline", "sampler", "imagereward"):
+        assert report[phase]["seconds"] > 0 and report[phase]["peak_memory_gib"] is None  # no GPU here
+        assert report[phase]["samples_per_second"] == pytest.approx(2 / report[phase]["seconds"])
+    assert report["sampler_to_pipeline_ratio"] == pytest.approx(report["sampler"]["seconds"] / report["pipeline"]["seconds"])
+    first, other = report["dpok_round"], report["dpok_round_other_checkpointing"]
+    assert (first["gradient_checkpointing"], other["gradient_checkpointing"]) == (False, True)
+    for row in (first, other):
+        assert row["micro_batches"] == row["policy_steps"] == 4 and row["skipped_steps"] < 4 and row["finite"]
+        parts = sum(row[k] for k in ("seconds_sampling", "seconds_reward", "seconds_kl_report", "seconds_update"))
+        assert 0 < parts <= row["seconds"]
+
+
+def test_the_round_uses_conf_sd15s_rl_settings(gpu_check, project_root):
+    rl = yaml.safe_load((project_root / "conf/sd15/parameters_finetune.yml").read_text())["finetune"]["rl"]
+    assert gpu_check.sd15_rl_settings(tiny=False) == {**rl, "num_rounds": 1, "checkpoint_every": 1, "resume": False}
+
+
+def test_the_hard_coded_configs_are_stable_diffusion_v1_5s(gpu_check):
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from dpok.models.imagereward import build_imagereward_model
+
+    def count(module):
+        return sum(p.numel() for p in module.parameters())
+
+    with torch.device("meta"):  # shapes only: no memory, no time
+        unet = UNet2DConditionModel(**gpu_check.SD15_UNET)
+        vae = AutoencoderKL(**gpu_check.SD15_VAE)
+        text = CLIPTextModel(CLIPTextConfig(**gpu_check.SD15_TEXT))
+        imagereward = build_imagereward_model(gpu_check.IMAGEREWARD_MED, gpu_check.IMAGEREWARD_VISION)
+    # the parameter counts of SD v1.5's unet/, vae/ and text_encoder/ checkpoints
+    assert (count(unet), count(vae), count(text)) == (859_520_964, 83_653_863, 123_060_480)
+    assert count(imagereward) == 446_665_953  # BLIP ViT-L + BERT-base with cross-attention + heads: 1.79 GB in float32
+    assert unet.config.sample_size * 2 ** (len(vae.config.block_out_channels) - 1) == 512
