@@ -129,7 +129,8 @@ def build_pipeline(tiny: bool, device: torch.device, dtype: torch.dtype, latent_
     from dpok.models import assemble_pipeline, build_ddim_scheduler, build_word_tokenizer
     from dpok.models.tokenizer import BOS, EOS
 
-    unet_config, vae_config, text_config = (TINY_UNET, TINY_VAE, TINY_TEXT) if tiny else (SD15_UNET, SD15_VAE, SD15_TEXT)
+    configs = (TINY_UNET, TINY_VAE, TINY_TEXT) if tiny else (SD15_UNET, SD15_VAE, SD15_TEXT)
+    unet_config, vae_config, text_config = configs
     if latent_size:
         unet_config = dict(unet_config, sample_size=latent_size)
     tokenizer = build_word_tokenizer(WORDS, model_max_length=77)
@@ -276,6 +277,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "micro_batches": config.p_step * config.accum,
             "transitions_per_policy_step": config.p_batch * config.accum,
             "skipped_steps": row["skipped_steps"],
+            # with a fresh LoRA the policy is the sampler: |ρ − 1| measures the precision's noise against clip_range
+            **{k: row[k] for k in ("ratio_dev", "clip_fraction", "grad_norm", "kl_bound_nats")},
+            "clip_range": config.clip_range,
             "peak_memory_gib": _peak_gib(device),
             # fp16 loss scaling may skip the first steps (it starts at 2**16 and halves on overflow)
             "finite": _all_finite(row["reward_mean"], row["value_loss"], row["kl_bound_nats"])
@@ -324,6 +328,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     text = json.dumps(report, indent=2)
     print(text)
     if args.output is not None:
+        args.output.parent.mkdir(parents=True, exist_ok=True)
         args.output.write_text(text + "\n")
     return report
 

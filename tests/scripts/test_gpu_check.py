@@ -20,9 +20,10 @@ def gpu_check(project_root):
 
 
 def test_tiny_run_reports_every_phase_as_json(gpu_check, tmp_path, capsys):
-    report = gpu_check.main(["--tiny", "--device", "cpu", "--output", str(tmp_path / "gpu_check.json")])
+    output = tmp_path / "reports" / "gpu_check.json"
+    report = gpu_check.main(["--tiny", "--device", "cpu", "--output", str(output)])
     printed = json.loads(capsys.readouterr().out)
-    assert printed == json.loads((tmp_path / "gpu_check.json").read_text()) == json.loads(json.dumps(report))
+    assert printed == json.loads(output.read_text()) == json.loads(json.dumps(report))
     assert report["finite"] is True and report["tiny"] is True
     assert (report["batch"], report["steps"], report["guidance_scale"]) == (2, 3, 7.5)
     assert (report["dtype"], report["mixed_precision"]) == ("float16", "fp16")  # conf/sd15's precision
@@ -34,6 +35,7 @@ def test_tiny_run_reports_every_phase_as_json(gpu_check, tmp_path, capsys):
     assert (first["gradient_checkpointing"], other["gradient_checkpointing"]) == (False, True)
     for row in (first, other):
         assert row["micro_batches"] == row["policy_steps"] == 4 and row["skipped_steps"] < 4 and row["finite"]
+        assert row["clip_range"] == 1e-4 and row["ratio_dev"] >= 0 and 0 <= row["clip_fraction"] <= 1
         parts = sum(row[k] for k in ("seconds_sampling", "seconds_reward", "seconds_kl_report", "seconds_update"))
         assert 0 < parts <= row["seconds"]
 

@@ -72,7 +72,8 @@ def check_device_and_dtype(reward: str, device: str, dtype: str) -> None:
 
 
 def _hub_offline() -> bool:
-    return any(os.environ.get(name, "0").lower() in ("1", "true", "yes") for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+    flags = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+    return any(os.environ.get(name, "0").lower() in ("1", "true", "yes") for name in flags)
 
 
 def _looks_like_hub_id(source: str) -> bool:
@@ -179,7 +180,9 @@ def check_state_dict(
             f"{len(wrong_shape)} shape mismatch(es): "
             + listing(wrong_shape, lambda k: f"{display(k)} {tuple(given[k].shape)} != {tuple(expected[k].shape)}")
         )
-    raise CheckpointMismatchError(f"{what} does not match the model; nothing was loaded: {'; '.join(problems)}. {hint}".strip())
+    raise CheckpointMismatchError(
+        f"{what} does not match the model; nothing was loaded: {'; '.join(problems)}. {hint}".strip()
+    )
 
 
 # --- preprocessing ---------------------------------------------------------------------------------

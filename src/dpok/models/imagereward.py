@@ -295,7 +295,9 @@ class _Embeddings(nn.Module):
 
     def __init__(self, settings: MedTextSettings) -> None:
         super().__init__()
-        self.word_embeddings = nn.Embedding(settings.vocab_size, settings.hidden_size, padding_idx=settings.pad_token_id)
+        self.word_embeddings = nn.Embedding(
+            settings.vocab_size, settings.hidden_size, padding_idx=settings.pad_token_id
+        )
         self.position_embeddings = nn.Embedding(settings.max_position_embeddings, settings.hidden_size)
         self.LayerNorm = nn.LayerNorm(settings.hidden_size, eps=settings.layer_norm_eps)
 
@@ -357,13 +359,17 @@ class ImageRewardModel(nn.Module):
     def image_size(self) -> int:
         return self.vision_settings.image_size
 
-    def raw_reward(self, pixel_values: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    def raw_reward(
+        self, pixel_values: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor
+    ) -> torch.Tensor:
         """The head's output before normalisation, float32 ``(N,)``; ``pixel_values`` are preprocessed."""
         image_embeds = self.vision(pixel_values=pixel_values).last_hidden_state
         states = self.text(input_ids, attention_mask, image_embeds)
         return self.head(states[:, 0])
 
-    def forward(self, pixel_values: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, pixel_values: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor
+    ) -> torch.Tensor:
         """The ImageReward score ``(r − mean) / std``, float32 ``(N,)``."""
         return (self.raw_reward(pixel_values, input_ids, attention_mask) - IMAGEREWARD_MEAN) / IMAGEREWARD_STD
 

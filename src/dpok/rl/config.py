@@ -159,7 +159,8 @@ class FinetuneConfig:
         for name in ("use_value_function", "per_prompt_normalisation", "resume", "gradient_checkpointing"):
             boolean(name)
         if self.mixed_precision not in MIXED_PRECISION_MODES:
-            fail("mixed_precision", f"one of {list(MIXED_PRECISION_MODES)}")
+            hint = " (YAML reads an unquoted no as false: write \"no\")" if self.mixed_precision is False else ""
+            fail("mixed_precision", f"one of {list(MIXED_PRECISION_MODES)}{hint}")
 
         targets = self.lora_target_modules
         if not isinstance(targets, (list, tuple)) or not targets or not all(isinstance(t, str) and t for t in targets):

@@ -9,6 +9,10 @@ function that uses them.
 
 The policy and the reference model are the same UNet: the reference is the UNet with its LoRA adapter
 disabled. The UNet stays in eval mode (no dropout), only the LoRA weights train.
+
+Precision: ``config.mixed_precision`` autocasts the diffusion model's forward passes only (sampling, the
+KL report, the policy steps; fp16 adds loss scaling); the LoRA weights and their optimiser, the value
+function and the reward stay float32, whatever the pipeline's dtype.
 """
 
 from __future__ import annotations

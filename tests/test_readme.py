@@ -1,0 +1,119 @@
+"""README stays true: its commands are the ones the Makefile runs, and the cheap ones run here.
+
+Covered elsewhere: `make test` is what CI runs (.ci/run); `kedro run --pipelines prompts` and the
+finetune/evaluate pipelines have their own tests; `make run` and `dvc repro` are the slow checks
+(tests/test_slow_end_to_end.py, `pytest -m slow`).
+"""
+
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+README = (ROOT / "README.md").read_text()
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "KEDRO_DISABLE_TELEMETRY": "1", "DO_NOT_TRACK": "1", "DVC_NO_ANALYTICS": "1"}
+
+
+def bash_blocks() -> list[str]:
+    return re.findall(r"```bash\n(.*?)```", README, flags=re.S)
+
+
+def commands() -> list[str]:
+    lines = [line.split("#")[0].strip() for block in bash_blocks() for line in block.splitlines()]
+    return [line for line in lines if line]
+
+
+def copy_project(tmp_path: Path) -> Path:
+    target = tmp_path / "project"
+    shutil.copytree(ROOT, target, ignore=shutil.ignore_patterns(
+        ".venv", ".git", "mlruns", "mlflow.db", "mlartifacts", "data", "__pycache__", ".pytest_cache", "build", ".dvc"))
+    shutil.copytree(ROOT / "data/01_raw", target / "data/01_raw")
+    return target
+
+
+def test_quickstart_is_what_the_makefile_and_ci_run():
+    makefile = (ROOT / "Makefile").read_text()
+    assert "make run" in commands() and "make test" in commands()
+    assert re.search(r"^run: install\n\t\$\(BIN\)/kedro run --pipelines finetune$", makefile, re.M)
+    assert re.search(r'^test: install\n\t\$\(BIN\)/python -m pytest -m "not slow"$', makefile, re.M)
+    assert "$(BIN)/python -m pip install -q torch==2.13.0" in makefile
+    assert '$(BIN)/python -m pip install -q -c constraints.txt -e ".[test]"' in makefile
+    assert "\nmake test\n" in (ROOT / ".ci/run").read_text()
+    for line in (".venv/bin/pip install torch==2.13.0", '.venv/bin/pip install -c constraints.txt -e ".[test]"',
+                 ".venv/bin/kedro run --pipelines finetune", '.venv/bin/python -m pytest -m "not slow"'):
+        assert line in commands(), line
+
+
+def test_every_readme_command_is_known():
+    known = re.compile(
+        r"^(make (run|test)|python3 -m venv \.venv|\.venv/bin/(pip|kedro|python) .*|export .*|kedro (registry list|run --pipelines \w+|viz build)"
+        r"|mlflow ui --backend-store-uri sqlite:///mlflow\.db|dvc (repro|metrics show|plots show|exp run -S .*|exp show"
+        r"|remote add -d storage .*|push|pull|unfreeze pretrain && dvc repro pretrain))$"
+    )
+    unknown = [c for c in commands() if not known.match(c)]
+    assert not unknown, f"README commands without a test: {unknown}"
+
+
+def test_registry_list_and_viz_build_offline(tmp_path):
+    project = copy_project(tmp_path)
+    listed = subprocess.run([str(BIN / "kedro"), "registry", "list"], cwd=project, env=ENV, capture_output=True, text=True, timeout=120)
+    assert listed.returncode == 0, listed.stderr
+    for name in ("__default__", "prompts", "pretrain", "pretrained", "finetune", "evaluate", "human_eval_import"):
+        assert f"- {name}\n" in listed.stdout
+    built = subprocess.run([str(BIN / "kedro"), "viz", "build"], cwd=project, env=ENV, capture_output=True, text=True, timeout=300)
+    assert built.returncode == 0, built.stderr[-2000:]
+    assert (project / "build/index.html").exists()
+    assert "finetune_node" in (project / "build/api/main").read_text()
+
+
+def test_mlflow_ui_serves_the_sqlite_store(tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen(
+        [str(BIN / "mlflow"), "ui", "--backend-store-uri", "sqlite:///mlflow.db", "--host", "127.0.0.1", "--port", str(port)],
+        cwd=tmp_path, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.time() + 90
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as response:
+                    assert response.status == 200
+                    break
+            except OSError:
+                if time.time() > deadline or server.poll() is not None:
+                    pytest.fail("mlflow ui did not come up within 90 s")
+                time.sleep(1)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+@pytest.mark.skipif(not (ROOT / "data/06_models/shapes_base").exists(), reason="no shipped base model")
+def test_lora_snippet_runs(tmp_path, monkeypatch):
+    """The README's Python snippet, on a LoRA written like the finetune pipeline writes it."""
+    import torch
+
+    from dpok.models import attach_lora, load_pipeline, save_lora
+
+    project = tmp_path / "p"
+    shutil.copytree(ROOT / "data/06_models/shapes_base", project / "data/06_models/shapes_base")
+    pipe = load_pipeline(str(project / "data/06_models/shapes_base"))
+    for p in attach_lora(pipe.unet, 4, 4, ["to_q", "conv1"]):
+        torch.nn.init.normal_(p, std=0.01)
+    save_lora(pipe.unet, project / "data/06_models/lora")
+    snippet = re.search(r"```python\n(.*?)```", README, flags=re.S).group(1)
+    monkeypatch.chdir(project)
+    namespace: dict = {}
+    exec(compile(snippet, "README.md", "exec"), namespace)
+    assert namespace["image"].size == (32, 32)
