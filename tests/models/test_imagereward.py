@@ -34,7 +34,8 @@ def official_layout(vision: dict, med: dict) -> dict[str, tuple[int, ...]]:
     """Every key of ImageReward.pt and its shape, written out from BLIP's code (vit.py, med.py,
     blip_pretrain.py) and ImageReward.py, independently of the model's key rules."""
     w, p, n = vision["hidden_size"], vision["patch_size"], (vision["image_size"] // vision["patch_size"]) ** 2 + 1
-    h, inner, vocab, positions = med["hidden_size"], med["intermediate_size"], med["vocab_size"], med["max_position_embeddings"]
+    h, inner = med["hidden_size"], med["intermediate_size"]
+    vocab, positions = med["vocab_size"], med["max_position_embeddings"]
     shapes = {
         "blip.visual_encoder.cls_token": (1, 1, w),
         "blip.visual_encoder.pos_embed": (1, n, w),
@@ -206,7 +207,8 @@ def reference_scores(state: dict, vision: dict, med: dict, images: torch.Tensor,
     # BLIP's BertModel.forward, mode="multimodal", no pooler
     t = "blip.text_encoder."
     eps, heads = med["layer_norm_eps"], med["num_attention_heads"]
-    s = state[t + "embeddings.word_embeddings.weight"][ids] + state[t + "embeddings.position_embeddings.weight"][: ids.shape[1]]
+    s = state[t + "embeddings.word_embeddings.weight"][ids]
+    s = s + state[t + "embeddings.position_embeddings.weight"][: ids.shape[1]]
     s = norm(s, t + "embeddings.LayerNorm", eps)
     additive = (1.0 - mask[:, None, None, :].float()) * -10000.0
     for j in range(med["num_hidden_layers"]):
@@ -214,9 +216,11 @@ def reference_scores(state: dict, vision: dict, med: dict, images: torch.Tensor,
         for attention, context, m in (("attention", None, additive), ("crossattention", image, None)):
             a = f"{b}{attention}."
             ctx = s if context is None else context
-            out = attend(linear(s, a + "self.query"), linear(ctx, a + "self.key"), linear(ctx, a + "self.value"), heads, m)
+            q, k, val = linear(s, a + "self.query"), linear(ctx, a + "self.key"), linear(ctx, a + "self.value")
+            out = attend(q, k, val, heads, m)
             s = norm(linear(out, a + "output.dense") + s, a + "output.LayerNorm", eps)
-        s = norm(linear(F.gelu(linear(s, b + "intermediate.dense")), b + "output.dense") + s, b + "output.LayerNorm", eps)
+        inner = linear(F.gelu(linear(s, b + "intermediate.dense")), b + "output.dense")
+        s = norm(inner + s, b + "output.LayerNorm", eps)
     r = s[:, 0]
     for index in (0, 2, 4, 6, 7):
         r = linear(r, f"mlp.layers.{index}")
@@ -293,7 +297,8 @@ def test_tokenizer_is_blips_and_pads_to_35(tiny):
     scorer = ImageRewardScorer(build_imagereward_model(tiny["med"], tiny["options"]["vision"]), tokenizer, "cpu")
     ids, mask = scorer.tokenize(["A green colored rabbit.", " ".join(["dog"] * 50)])
     assert ids.shape == mask.shape == (2, TEXT_MAX_LENGTH)
-    assert tokenizer.convert_ids_to_tokens(ids[0, :7].tolist()) == ["[CLS]", "a", "green", "colored", "rabbit", ".", "[SEP]"]
+    expected = ["[CLS]", "a", "green", "colored", "rabbit", ".", "[SEP]"]
+    assert tokenizer.convert_ids_to_tokens(ids[0, :7].tolist()) == expected
     assert mask[0].sum() == 7 and mask[1].sum() == TEXT_MAX_LENGTH
     assert tokenizer.convert_ids_to_tokens(int(ids[1, -1])) == "[SEP]"  # truncated, not cut mid-way
 

@@ -13,7 +13,7 @@ import yaml
 from dpok.rl import FinetuneConfig
 
 SD15_HUB_ID = "stable-diffusion-v1-5/stable-diffusion-v1-5"
-PAPER_WORDS = ("a", "green", "colored", "rabbit", "cat", "and", "dog", "four", "wolves", "in", "the", "park", "on", "moon")
+PAPER_WORDS = tuple("a green colored rabbit cat and dog four wolves in the park on moon".split())
 
 
 def load_config(project_root: Path, env: str, runtime_params: dict | None = None):
@@ -63,7 +63,8 @@ def test_sd15_changes_values_not_code_paths(project_root, sd15):
 
 def test_the_model_path_and_dtype_are_chosen_at_run_time(project_root):
     catalog = load_config(
-        project_root, "sd15", {"base_model_path": "data/06_models/stable-diffusion-v1-5", "base_model_dtype": "bfloat16"}
+        project_root, "sd15",
+        {"base_model_path": "data/06_models/stable-diffusion-v1-5", "base_model_dtype": "bfloat16"},
     )["catalog"]
     assert catalog["base_model"] == {
         "type": "dpok.datasets.DiffusersPipelineDataset",
@@ -76,7 +77,8 @@ def test_missing_reward_files_stop_the_run_at_validation_naming_the_file(sd15):
     from dpok.pipelines.finetune.nodes import validate_finetune_params
 
     prompts = pd.DataFrame({"prompt": ["A green colored rabbit."], "split": ["train"]})
-    with pytest.raises(FileNotFoundError, match=r"imagereward: `checkpoint` file '.*ImageReward\.pt' does not exist.*docs/sd15\.md"):
+    message = r"imagereward: `checkpoint` file '.*ImageReward\.pt' does not exist.*docs/sd15\.md"
+    with pytest.raises(FileNotFoundError, match=message):
         validate_finetune_params(sd15["parameters"]["finetune"], prompts)
 
 

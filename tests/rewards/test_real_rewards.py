@@ -74,10 +74,13 @@ def test_rewards_combine_by_weight(files, images):
 @pytest.mark.parametrize(
     "reward, option, value, message",
     [
-        ("imagereward", "checkpoint", "nowhere/ImageReward.pt", r"`checkpoint` file 'nowhere/ImageReward.pt' does not exist"),
+        ("imagereward", "checkpoint", "nowhere/ImageReward.pt",
+         r"`checkpoint` file 'nowhere/ImageReward.pt' does not exist"),
         ("imagereward", "med_config", "nowhere/med_config.json", r"`med_config` file .* does not exist.*docs/sd15.md"),
-        ("imagereward", "tokenizer", "no-such-org/no-such-tokenizer", r"`tokenizer` .* not in the hub cache, and the hub is offline"),
-        ("aesthetic", "mlp_weights", "nowhere/sac+logos+ava1-l14-linearMSE.pth", r"`mlp_weights` file .* does not exist"),
+        ("imagereward", "tokenizer", "no-such-org/no-such-tokenizer",
+         r"`tokenizer` .* not in the hub cache, and the hub is offline"),
+        ("aesthetic", "mlp_weights", "nowhere/sac+logos+ava1-l14-linearMSE.pth",
+         r"`mlp_weights` file .* does not exist"),
         ("aesthetic", "clip_model", "no-such-org/no-such-clip", r"`clip_model` .* not in the hub cache"),
     ],
 )

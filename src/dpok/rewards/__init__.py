@@ -1,7 +1,7 @@
 """Reward functions ``fn(images, prompts) -> scores`` chosen by name (see :mod:`dpok.rewards.registry`).
 
-Importing this package registers the built-in rewards: ``shapes_judge``, ``shapes_quality`` and
-``jpeg_compressibility``. Other modules register more with :func:`register_reward` when imported.
+Importing this package registers the built-in rewards: ``shapes_judge``, ``shapes_quality``,
+``jpeg_compressibility``, ``imagereward`` and ``aesthetic`` (the last two load their weights lazily). Other modules register more with :func:`register_reward` when imported.
 """
 
 from dpok.rewards import aesthetic as _aesthetic  # noqa: F401  (registers aesthetic; weights load lazily)
