@@ -1,0 +1,50 @@
+"""The slow checks, run by hand (`pytest -m slow`), never in CI: `make run`'s command and `dvc repro`
+end to end on a fresh clone of the committed project, on the embedded default (CPU)."""
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+ENV = {
+    **os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "HF_HUB_OFFLINE": "1", "KEDRO_DISABLE_TELEMETRY": "1",
+    "DO_NOT_TRACK": "1", "DVC_NO_ANALYTICS": "1", "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t",
+    "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t",
+}
+
+pytestmark = pytest.mark.slow
+
+
+def sh(command: str, cwd: Path, timeout: int = 3600) -> tuple[str, float]:
+    start = time.perf_counter()
+    result = subprocess.run(command, shell=True, cwd=cwd, env=ENV, capture_output=True, text=True, timeout=timeout)
+    assert result.returncode == 0, f"{command} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    return result.stdout + result.stderr, time.perf_counter() - start
+
+
+@pytest.fixture(scope="module")
+def clone(tmp_path_factory) -> Path:
+    target = tmp_path_factory.mktemp("clone") / "dpok"
+    subprocess.run(["git", "clone", "-q", str(ROOT), str(target)], check=True)
+    return target
+
+
+def test_dvc_repro_end_to_end_then_nothing_then_only_finetune_and_evaluate(clone):
+    out, seconds = sh("dvc repro", clone)
+    print(f"dvc repro: {seconds:.0f} s")
+    assert seconds < 20 * 60
+    metrics = json.loads((clone / "data/08_reporting/metrics.json").read_text())
+    assert metrics
+    out, _ = sh("dvc repro", clone)
+    assert "Running stage" not in out, out
+    out, _ = sh("dvc exp run -S 'conf/base/parameters_finetune.yml:finetune.rl.kl_weight=0.02'", clone)
+    ran = {line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage")}
+    assert ran == {"finetune", "evaluate"}, out
+    shown, _ = sh("dvc exp show --no-pager --md", clone)
+    assert "kl_weight" in shown or "0.02" in shown
