@@ -103,7 +103,12 @@ def test_two_rounds_on_the_shipped_model_write_a_lora_stock_diffusers_loads(tmp_
     from dpok.datasets import DiffusersPipelineDataset, LoraWeightsDataset
 
     catalog["base_model"] = DiffusersPipelineDataset(path=str(SHIPPED))
+    from kedro_datasets.pandas import CSVDataset
+    from kedro_datasets.pillow import ImageDataset
+
     catalog["lora"] = LoraWeightsDataset(path=str(tmp_path / "lora"))
+    catalog["finetune_history"] = CSVDataset(filepath=str(tmp_path / "history.csv"))
+    catalog["finetune_curves"] = ImageDataset(filepath=str(tmp_path / "curves.png"))
     SequentialRunner().run(create_pipeline(), catalog)
 
     history = catalog.load("finetune_history")

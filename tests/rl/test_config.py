@@ -59,3 +59,13 @@ def test_invalid_values_are_refused_naming_the_key(overrides, key):
 def test_unknown_keys_are_refused():
     with pytest.raises(ValueError, match=r"unknown key\(s\) under 'finetune': \['learning_rte'\]"):
         FinetuneConfig.from_dict({"learning_rte": 1e-4})
+
+
+def test_trajectories_per_prompt_must_divide_g_batch():
+    import pytest
+
+    from dpok.rl import FinetuneConfig
+
+    assert FinetuneConfig(g_batch=16, trajectories_per_prompt=4).trajectories_per_prompt == 4
+    with pytest.raises(ValueError, match="finetune.trajectories_per_prompt must be a divisor of finetune.g_batch"):
+        FinetuneConfig(g_batch=16, trajectories_per_prompt=3)

@@ -34,6 +34,9 @@ class FinetuneConfig:
         seed: Seeds everything: prompt choice, sampling noise, minibatch draws, LoRA and value-net init.
         num_rounds: Rounds of sample → reward → value steps → policy steps.
         g_batch: Trajectories sampled per round (prompts drawn uniformly, with replacement).
+        trajectories_per_prompt: Trajectories per drawn prompt in a round (g_batch / this many prompts are
+            drawn). Above 1, each prompt's rewards are compared within the round (with
+            per_prompt_normalisation), as DDPO's per-prompt statistics and GRPO's groups do.
         sample_batch_size: Trajectories per sampler call (memory knob); None samples all g_batch at once.
             Each trajectory has its own noise stream, so this does not change the samples.
         num_inference_steps: DDIM steps T per trajectory.
@@ -81,6 +84,7 @@ class FinetuneConfig:
     seed: int = 0
     num_rounds: int = 50
     g_batch: int = 16
+    trajectories_per_prompt: int = 1
     sample_batch_size: int | None = None
     num_inference_steps: int = 20
     guidance_scale: float = 3.0
@@ -140,8 +144,11 @@ class FinetuneConfig:
 
         integer("seed", 0)
         for name in ("num_rounds", "g_batch", "num_inference_steps", "lora_rank", "buffer_size", "p_batch",
-                     "accum", "p_step", "value_batch_size", "checkpoint_every", "keep_last_checkpoints"):
+                     "accum", "p_step", "value_batch_size", "checkpoint_every", "keep_last_checkpoints",
+                     "trajectories_per_prompt"):
             integer(name, 1)
+        if self.g_batch % self.trajectories_per_prompt:
+            fail("trajectories_per_prompt", f"a divisor of finetune.g_batch ({self.g_batch})")
         for name in ("value_steps", "kl_report_trajectories"):
             integer(name, 0)
         if self.sample_batch_size is not None:

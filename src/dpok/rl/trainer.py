@@ -410,8 +410,9 @@ def _train_round(
 
     # 1. prompts and trajectories from the current policy, no grad
     tick = time.perf_counter()
-    choice = torch.randint(len(prompts), (config.g_batch,), generator=_generator(config.seed, round_number, _PROMPTS))
-    round_prompts = [prompts[i] for i in choice.tolist()]
+    n_prompts = config.g_batch // config.trajectories_per_prompt
+    choice = torch.randint(len(prompts), (n_prompts,), generator=_generator(config.seed, round_number, _PROMPTS))
+    round_prompts = [prompts[i] for i in choice.tolist() for _ in range(config.trajectories_per_prompt)]
     with _autocast(config, device):
         trajectory = _sample_round(pipeline, round_prompts, config, round_number)
     seconds_sampling = time.perf_counter() - tick

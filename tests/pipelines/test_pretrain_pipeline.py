@@ -1,0 +1,87 @@
+"""The shipped base model loads in stock diffusers offline, and the pretrain pipeline runs end to end
+on tiny settings (seconds) and writes a folder stock diffusers loads."""
+
+import copy
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from diffusers import StableDiffusionPipeline
+from kedro.io import DataCatalog, MemoryDataset
+from kedro.runner import SequentialRunner
+
+from dpok.datasets import DiffusersPipelineDataset
+from dpok.pipelines.pretrain import create_pipeline
+from dpok.pipelines.pretrain.nodes import validate_pretrain_params
+from dpok.world import judge
+
+ROOT = Path(__file__).resolve().parents[2]
+SHIPPED = ROOT / "data/06_models/shapes_base"
+
+
+@pytest.mark.skipif(not SHIPPED.exists(), reason="the shipped base model is not in this checkout")
+def test_shipped_model_loads_in_stock_diffusers_offline_and_draws_the_prompt():
+    pipe = StableDiffusionPipeline.from_pretrained(str(SHIPPED))  # HF_HUB_OFFLINE=1 (tests/conftest.py)
+    assert pipe.safety_checker is None and pipe.scheduler.config.clip_sample is False
+    assert pipe.tokenizer.init_kwargs["closed_vocabulary"] and len(pipe.tokenizer) < 200
+    images = pipe(
+        ["a yellow circle", "a blue square"] * 2, num_inference_steps=20, guidance_scale=3.0, eta=1.0,
+        generator=[torch.Generator().manual_seed(s) for s in range(4)], output_type="np",
+    ).images
+    assert images.shape == (4, 32, 32, 3)
+    uint8 = (images * 255).round().astype(np.uint8)
+    assert judge(uint8, ["a yellow circle", "a blue square"] * 2).mean() > 0.8
+    assert sum(p.numel() for p in pipe.unet.parameters()) < 10e6
+    size = sum(f.stat().st_size for f in SHIPPED.rglob("*") if f.is_file())
+    assert size <= 30 * 2**20
+
+
+def tiny_pretrain_params() -> dict:
+    params = yaml.safe_load((ROOT / "conf/base/parameters_pretrain.yml").read_text())
+    pretrain = copy.deepcopy(params["pretrain"])
+    pretrain.update(num_images=64)
+    pretrain["autoencoder"].update(steps=3, batch_size=8)
+    pretrain["denoiser"].update(steps=3, batch_size=8)
+    pretrain["denoiser"]["unet"].update(block_out_channels=[32, 32], layers_per_block=1, norm_num_groups=8, cross_attention_dim=32)
+    pretrain["denoiser"]["text_encoder"].update(hidden_size=32, intermediate_size=64, num_hidden_layers=1)
+    report = {**params["pretrain_report"], "seeds_per_prompt": 1, "num_inference_steps": 2, "extra_common_prompts": 1}
+    return {"pretrain": pretrain, "pretrain_report": report}
+
+
+def test_tiny_pretrain_run_writes_a_folder_stock_diffusers_loads(tmp_path):
+    params = tiny_pretrain_params()
+    catalog = DataCatalog()
+    catalog["params:pretrain"] = MemoryDataset(params["pretrain"])
+    catalog["params:pretrain_report"] = MemoryDataset(params["pretrain_report"])
+    catalog["params:prompts"] = MemoryDataset({"path": str(ROOT / "data/01_raw/prompts/shapes_eval.csv")})
+    catalog["shapes_base_model_out"] = DiffusersPipelineDataset(path=str(tmp_path / "model"))
+    SequentialRunner().run(create_pipeline(), catalog)
+
+    pipe = StableDiffusionPipeline.from_pretrained(str(tmp_path / "model"))
+    assert pipe("a green triangle", num_inference_steps=2, output_type="np").images.shape == (1, 32, 32, 3)
+    assert pipe.vae.config.scaling_factor != 0.18215  # measured on the latents, not SD's constant
+    report = catalog.load("base_model_report")
+    assert set(report["per_rarity"]) == {"common", "rare", "unseen"}
+    json.dumps(report)  # plain JSON
+    assert catalog.load("base_model_grid").size[1] > 32
+    assert not list(tmp_path.glob(".model.tmp-*")), "the atomic write left a temp folder behind"
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda p: p["denoiser"].update(caption_dropout=1.5), "caption_dropout"),
+        (lambda p: p["autoencoder"].update(steps=0), "pretrain.autoencoder.steps"),
+        (lambda p: p["skew"].update(rare_factor=0), "rare_factor"),
+        (lambda p: p["skew"].update(unseen_prompts=["a purple circle"]), "purple"),
+        (lambda p: p.update(imagesize=32), "unknown key"),
+    ],
+)
+def test_bad_pretrain_parameters(change, message):
+    params = tiny_pretrain_params()["pretrain"]
+    change(params)
+    with pytest.raises(ValueError, match=message):
+        validate_pretrain_params(params)
