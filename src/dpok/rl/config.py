@@ -165,9 +165,12 @@ class FinetuneConfig:
         number("value_learning_rate", gt=0)
         for name in ("use_value_function", "per_prompt_normalisation", "resume", "gradient_checkpointing"):
             boolean(name)
+        if self.mixed_precision is False:
+            # YAML 1.1 reads an unquoted `no` as false, and tools that rewrite parameter files (`dvc exp
+            # run -S`) drop the quotes, so false means "no" here.
+            object.__setattr__(self, "mixed_precision", "no")
         if self.mixed_precision not in MIXED_PRECISION_MODES:
-            hint = " (YAML reads an unquoted no as false: write \"no\")" if self.mixed_precision is False else ""
-            fail("mixed_precision", f"one of {list(MIXED_PRECISION_MODES)}{hint}")
+            fail("mixed_precision", f"one of {list(MIXED_PRECISION_MODES)}")
 
         targets = self.lora_target_modules
         if not isinstance(targets, (list, tuple)) or not targets or not all(isinstance(t, str) and t for t in targets):
