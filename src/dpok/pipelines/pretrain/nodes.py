@@ -23,7 +23,7 @@ from dpok.pretraining import (
     train_autoencoder,
     train_denoiser,
 )
-from dpok.world import CaptionSkew, enumerate_prompts, judge, quality, vocabulary
+from dpok.world import CaptionSkew, enumerate_prompts, judge, parse_prompt, quality, vocabulary
 
 logger = logging.getLogger(__name__)
 
@@ -110,8 +110,6 @@ def report_base_model(
     rng = np.random.default_rng(report["seed"])
     common = [p for p in enumerate_prompts() if skew.rarity(p) == "common" and p not in set(table["prompt"])]
     extra = rng.choice(common, size=min(report["extra_common_prompts"], len(common)), replace=False)
-    from dpok.world import parse_prompt
-
     table = pd.concat(
         [table, pd.DataFrame({"prompt": extra, "category": [parse_prompt(p).category for p in extra], "rarity": "common"})],
         ignore_index=True,
