@@ -75,6 +75,7 @@ def test_tiny_pretrain_run_writes_a_folder_stock_diffusers_loads(tmp_path):
     [
         (lambda p: p["denoiser"].update(caption_dropout=1.5), "caption_dropout"),
         (lambda p: p["autoencoder"].update(steps=0), "pretrain.autoencoder.steps"),
+        (lambda p: p["autoencoder"].update(reconstruction_loss="l2"), "reconstruction_loss"),
         (lambda p: p["skew"].update(rare_factor=0), "rare_factor"),
         (lambda p: p["skew"].update(unseen_prompts=["a purple circle"]), "purple"),
         (lambda p: p.update(imagesize=32), "unknown key"),

@@ -75,3 +75,29 @@ def test_per_prompt_normaliser_uses_each_prompts_window():
     expected = (5.0 - np.mean([5.0, 5.0, 5.0, 5.0])) / (0.0 + 1e-6)
     assert out(["a"], np.array([5.0]))[0] == pytest.approx(expected)
     assert normaliser.state_dict()["history"]["a"] == list(history)
+
+
+def test_batch_scale_centres_per_prompt_but_divides_by_the_batch_std() -> None:
+    # "a" is nearly solved: its own std is tiny, so scale="prompt" blows one unlucky sample up.
+    history = [1.0, 1.0, 1.0, 1.0]
+    batch_prompts, batch = ["a", "b", "b"], np.array([0.9, 0.2, 0.6])
+    by_prompt = PerPromptRewardNormaliser(window=8, min_count=2, scale="prompt")
+    by_batch = PerPromptRewardNormaliser(window=8, min_count=2, scale="batch")
+    for normaliser in (by_prompt, by_batch):
+        normaliser(["a"] * 4, np.array(history))
+        normaliser(["b", "b"], np.array([0.4, 0.4]))
+    a_rewards = np.array(history + [0.9])
+    b_rewards = np.array([0.4, 0.4, 0.2, 0.6])
+    got = by_batch(batch_prompts, batch)
+    expected = [
+        (0.9 - a_rewards.mean()) / (batch.std() + 1e-6),
+        (0.2 - b_rewards.mean()) / (batch.std() + 1e-6),
+        (0.6 - b_rewards.mean()) / (batch.std() + 1e-6),
+    ]
+    np.testing.assert_allclose(got, expected, rtol=1e-6)
+    assert by_prompt(batch_prompts, batch)[0] < 4 * got[0] < 0  # the per-prompt std is far smaller
+    restored = PerPromptRewardNormaliser(window=8, min_count=2)
+    restored.load_state_dict(by_batch.state_dict())
+    assert restored.scale == "batch"
+    with pytest.raises(ValueError, match="scale"):
+        PerPromptRewardNormaliser(scale="global")

@@ -20,7 +20,7 @@ def to_model_range(images: np.ndarray) -> torch.Tensor:
 def train_autoencoder(
     images: np.ndarray, config: AutoencoderConfig, seed: int, progress: bool = True
 ) -> tuple[AutoencoderKL, list[dict[str, float]]]:
-    """Train an ``AutoencoderKL`` on ``images`` with MSE reconstruction + a tiny KL term."""
+    """Train an ``AutoencoderKL`` on ``images``: L1 (or MSE) reconstruction + a tiny KL term."""
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
     vae = build_autoencoder({"sample_size": images.shape[1], **config.architecture})
@@ -35,8 +35,12 @@ def train_autoencoder(
         posterior = vae.encode(batch).latent_dist
         reconstruction = vae.decode(posterior.sample(generator=generator)).sample
         mse = torch.nn.functional.mse_loss(reconstruction, batch)
+        if config.reconstruction_loss == "l1":
+            reconstruction_loss = torch.nn.functional.l1_loss(reconstruction, batch)
+        else:
+            reconstruction_loss = mse
         kl = posterior.kl().mean() / batch[0].numel()
-        loss = mse + config.kl_weight * kl
+        loss = reconstruction_loss + config.kl_weight * kl
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)

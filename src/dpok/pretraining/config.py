@@ -6,6 +6,9 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 
+RECONSTRUCTION_LOSSES = ("l1", "mse")
+
+
 def _check_keys(cls: type, params: dict[str, Any], where: str) -> None:
     known = {f.name for f in fields(cls)}
     unknown = set(params) - known
@@ -29,6 +32,8 @@ class AutoencoderConfig:
         batch_size: Images per step.
         learning_rate: AdamW learning rate (cosine decay to 10 %).
         kl_weight: Weight of the KL to N(0, I) on the latent posterior; tiny, as in SD's VAE.
+        reconstruction_loss: "l1" or "mse". L1 gives crisper edges: under uncertainty about where an
+            edge lies, MSE's optimum is a blend of the two colours, L1's is one of them.
     """
 
     architecture: dict[str, Any] = field(default_factory=dict)
@@ -36,11 +41,17 @@ class AutoencoderConfig:
     batch_size: int = 64
     learning_rate: float = 2e-3
     kl_weight: float = 1e-6
+    reconstruction_loss: str = "l1"
 
     def __post_init__(self) -> None:
         _positive("pretrain.autoencoder", steps=self.steps, batch_size=self.batch_size, learning_rate=self.learning_rate)
         if self.kl_weight < 0:
             raise ValueError(f"pretrain.autoencoder.kl_weight must be >= 0, got {self.kl_weight}")
+        if self.reconstruction_loss not in RECONSTRUCTION_LOSSES:
+            raise ValueError(
+                f"pretrain.autoencoder.reconstruction_loss must be one of {RECONSTRUCTION_LOSSES}, "
+                f"got {self.reconstruction_loss!r}"
+            )
 
 
 @dataclass(frozen=True)

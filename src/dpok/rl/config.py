@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from dpok.rl.kl import KL_FORMS
-from dpok.rl.losses import CLIP_MODES
+from dpok.rl.losses import CLIP_MODES, NORMALISATION_SCALES
 
 SHAPES_LORA_TARGETS = (
     "to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2", "conv1", "conv2",
@@ -66,6 +66,9 @@ class FinetuneConfig:
         per_prompt_normalisation: Standardise rewards per prompt (DDPO) before the advantage.
         per_prompt_window: Rewards remembered per prompt for that standardisation.
         per_prompt_min_count: Below this many rewards a prompt uses the batch's statistics.
+        per_prompt_scale: What the per-prompt-centred reward is divided by: ``"prompt"``, the prompt's
+            own std (DDPO), or ``"batch"``, the round's reward std, so that nearly solved prompts (tiny
+            std) do not get huge advantages for one unlucky sample.
         kl_report_trajectories: Fresh trajectories per round on which the exact KL bound is reported
             (0 skips the report; the metric is then NaN).
         checkpoint_every: Write a checkpoint every this many rounds (and after the last round).
@@ -111,6 +114,7 @@ class FinetuneConfig:
     per_prompt_normalisation: bool = False
     per_prompt_window: int = 32
     per_prompt_min_count: int = 8
+    per_prompt_scale: str = "prompt"
     kl_report_trajectories: int = 4
     checkpoint_every: int = 10
     keep_last_checkpoints: int = 2
@@ -180,6 +184,8 @@ class FinetuneConfig:
             fail("kl_form", f"one of {list(KL_FORMS)}")
         if self.clip_mode not in CLIP_MODES:
             fail("clip_mode", f"one of {list(CLIP_MODES)}")
+        if self.per_prompt_scale not in NORMALISATION_SCALES:
+            fail("per_prompt_scale", f"one of {list(NORMALISATION_SCALES)}")
         if self.p_batch > self.buffer_size:
             fail("p_batch", f"<= finetune.buffer_size ({self.buffer_size})")
         if self.value_batch_size > self.buffer_size:

@@ -49,18 +49,29 @@ def policy_loss(clip_mode: str, advantages: torch.Tensor, ratio: torch.Tensor, c
     return POLICY_LOSSES[clip_mode](advantages, ratio, clip_range)
 
 
-class PerPromptRewardNormaliser:
-    """DDPO-style per-prompt reward standardisation over the last ``window`` rewards of each prompt.
+NORMALISATION_SCALES = ("prompt", "batch")
 
-    A batch's rewards are first added to their prompts' histories, then each reward is standardised
-    with its prompt's mean and std. Prompts with fewer than ``min_count`` rewards so far use the
-    statistics of the whole batch instead.
+
+class PerPromptRewardNormaliser:
+    """Per-prompt reward standardisation over the last ``window`` rewards of each prompt.
+
+    A batch's rewards are first added to their prompts' histories; each reward then has its prompt's
+    mean subtracted and is divided by a scale: its prompt's std (``scale="prompt"``, DDPO) or the std of
+    the whole batch (``scale="batch"``). Prompts with fewer than ``min_count`` rewards so far use the
+    batch's mean and std instead.
+
+    Why ``"batch"``: with a discrete reward such as the shapes judge, a nearly solved prompt has a tiny
+    std, and one unlucky sample among perfect ones gets an advantage of −5 or more; dividing by the
+    prompt's std then lets the prompts with the least left to learn dominate the gradient. The per-prompt
+    mean still removes the difference between easy and hard prompts.
     """
 
-    def __init__(self, window: int = 32, min_count: int = 8, eps: float = 1e-6) -> None:
+    def __init__(self, window: int = 32, min_count: int = 8, eps: float = 1e-6, scale: str = "prompt") -> None:
         if window < 2 or min_count < 2 or min_count > window:
             raise ValueError(f"need 2 <= min_count <= window, got window={window}, min_count={min_count}")
-        self.window, self.min_count, self.eps = int(window), int(min_count), float(eps)
+        if scale not in NORMALISATION_SCALES:
+            raise ValueError(f"scale must be one of {NORMALISATION_SCALES}, got {scale!r}")
+        self.window, self.min_count, self.eps, self.scale = int(window), int(min_count), float(eps), scale
         self._history: dict[str, deque[float]] = {}
 
     def __call__(self, prompts: Sequence[str], rewards: np.ndarray) -> np.ndarray:
@@ -74,7 +85,8 @@ class PerPromptRewardNormaliser:
         for i, (prompt, reward) in enumerate(zip(prompts, rewards)):
             history = self._history[prompt]
             if len(history) >= self.min_count:
-                mean, std = np.mean(history), np.std(history)
+                mean = np.mean(history)
+                std = np.std(history) if self.scale == "prompt" else batch_std
             else:
                 mean, std = batch_mean, batch_std
             normalised[i] = (reward - mean) / (std + self.eps)
@@ -86,9 +98,11 @@ class PerPromptRewardNormaliser:
             "window": self.window,
             "min_count": self.min_count,
             "eps": self.eps,
+            "scale": self.scale,
             "history": {prompt: list(values) for prompt, values in self._history.items()},
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.window, self.min_count, self.eps = int(state["window"]), int(state["min_count"]), float(state["eps"])
+        self.scale = state.get("scale", "prompt")
         self._history = {p: deque(map(float, v), maxlen=self.window) for p, v in state["history"].items()}

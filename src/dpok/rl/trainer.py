@@ -310,7 +310,7 @@ def train_dpok(
             ).to(device)
         value_optimizer = torch.optim.AdamW(value_fn.parameters(), lr=config.value_learning_rate)
     normaliser = (
-        PerPromptRewardNormaliser(config.per_prompt_window, config.per_prompt_min_count)
+        PerPromptRewardNormaliser(config.per_prompt_window, config.per_prompt_min_count, scale=config.per_prompt_scale)
         if config.per_prompt_normalisation
         else None
     )

@@ -69,7 +69,7 @@ class CaptionSkew:
     rare_pairs: tuple[tuple[str, str], ...] = (("green", "triangle"), ("yellow", "circle"))
     rare_counts: tuple[int, ...] = (4,)
     rare_sides: tuple[str, ...] = ("bottom",)
-    rare_factor: float = 0.01
+    rare_factor: float = 0.002
     category_weights: Mapping[str, float] = field(default_factory=_default_category_weights)
     unseen_prompts: tuple[str, ...] = DEFAULT_UNSEEN_PROMPTS
 
