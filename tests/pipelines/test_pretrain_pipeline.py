@@ -43,7 +43,7 @@ def tiny_pretrain_params() -> dict:
     params = yaml.safe_load((ROOT / "conf/base/parameters_pretrain.yml").read_text())
     pretrain = copy.deepcopy(params["pretrain"])
     pretrain.update(num_images=64)
-    pretrain["autoencoder"].update(steps=3, batch_size=8)
+    pretrain["autoencoder"].update(steps=3, batch_size=8, refine_decoder_steps=2)
     pretrain["denoiser"].update(steps=3, batch_size=8)
     pretrain["denoiser"]["unet"].update(block_out_channels=[32, 32], layers_per_block=1, norm_num_groups=8, cross_attention_dim=32)
     pretrain["denoiser"]["text_encoder"].update(hidden_size=32, intermediate_size=64, num_hidden_layers=1)
@@ -67,7 +67,30 @@ def test_tiny_pretrain_run_writes_a_folder_stock_diffusers_loads(tmp_path):
     assert set(report["per_rarity"]) == {"common", "rare", "unseen"}
     json.dumps(report)  # plain JSON
     assert catalog.load("base_model_grid").size[1] > 32
+    assert catalog.load("pretrain_metrics")["pretrain_decoder_refinement_l1"]
     assert not list(tmp_path.glob(".model.tmp-*")), "the atomic write left a temp folder behind"
+
+
+def test_decoder_refinement_trains_the_decoder_only_and_leaves_the_input_alone():
+    from dpok.models import build_autoencoder
+    from dpok.pretraining import AutoencoderConfig, refine_decoder
+    from dpok.world import CaptionSkew
+    from dpok.pretraining import render_caption_dataset
+
+    images, _ = render_caption_dataset(16, CaptionSkew(), seed=0, progress=False)
+    torch.manual_seed(0)
+    vae = build_autoencoder({"sample_size": 32, "block_out_channels": [8, 8, 8], "norm_num_groups": 4})
+    before = {k: v.clone() for k, v in vae.state_dict().items()}
+    config = AutoencoderConfig(batch_size=4, refine_decoder_steps=3, refine_latent_noise=0.5)
+    refined, history = refine_decoder(vae, images, config, seed=0, progress=False)
+    assert len(history) == 2 and all(np.isfinite(h["l1"]) for h in history)
+    for key, value in vae.state_dict().items():
+        assert torch.equal(value, before[key]), f"{key} of the input VAE changed"
+    after = refined.state_dict()
+    changed = {k for k in after if not torch.equal(after[k], before[k])}
+    assert changed and all(k.startswith(("decoder.", "post_quant_conv.")) for k in changed)
+    assert any(k.startswith("decoder.") for k in changed)
+    assert not any(p.requires_grad for p in refined.parameters())
 
 
 @pytest.mark.parametrize(
@@ -76,6 +99,8 @@ def test_tiny_pretrain_run_writes_a_folder_stock_diffusers_loads(tmp_path):
         (lambda p: p["denoiser"].update(caption_dropout=1.5), "caption_dropout"),
         (lambda p: p["autoencoder"].update(steps=0), "pretrain.autoencoder.steps"),
         (lambda p: p["autoencoder"].update(reconstruction_loss="l2"), "reconstruction_loss"),
+        (lambda p: p["autoencoder"].update(refine_decoder_steps=-1), "refine_decoder_steps"),
+        (lambda p: p["autoencoder"].update(refine_latent_noise=float("nan")), "refine_latent_noise"),
         (lambda p: p["skew"].update(rare_factor=0), "rare_factor"),
         (lambda p: p["skew"].update(unseen_prompts=["a purple circle"]), "purple"),
         (lambda p: p.update(imagesize=32), "unknown key"),

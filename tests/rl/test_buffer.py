@@ -100,3 +100,19 @@ def test_refuses_mixing_cfg_and_bad_rewards():
         buffer.push(_trajectory(["p", "q"], steps=2, tag=1), np.array([1.0]))
     with pytest.raises(ValueError, match="empty"):
         TransitionBuffer(3).sample(1, torch.Generator())
+
+
+def test_baselines_travel_with_their_transitions_and_default_to_zero():
+    buffer = TransitionBuffer(capacity=10)
+    buffer.push(_trajectory(["p"], steps=3, tag=1), np.array([0.5]))
+    trajectory = _trajectory(["q", "r"], steps=3, tag=2)
+    baselines = -trajectory.latents[:, :-1, 0, 0, 0]  # (B, T), encodes each transition's id
+    buffer.push(trajectory, np.array([0.1, 0.2]), baselines)
+    batch = buffer.get(torch.arange(9))
+    torch.testing.assert_close(batch.baselines[:3], torch.zeros(3))
+    torch.testing.assert_close(batch.baselines[3:], -batch.latents[3:, 0, 0, 0])
+    restored = TransitionBuffer(capacity=10)
+    restored.load_state_dict(buffer.state_dict())
+    torch.testing.assert_close(restored.get(torch.arange(9)).baselines, batch.baselines)
+    with pytest.raises(ValueError, match="baselines"):
+        buffer.push(trajectory, np.array([0.1, 0.2]), torch.zeros(5))

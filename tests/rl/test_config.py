@@ -49,7 +49,7 @@ def test_exact_message_for_a_bad_learning_rate():
         ({"sample_batch_size": 0}, "sample_batch_size"),
         ({"keep_last_checkpoints": 0}, "keep_last_checkpoints"),
         ({"per_prompt_min_count": 40, "per_prompt_window": 32}, "per_prompt_min_count"),
-        ({"per_prompt_scale": "global"}, "per_prompt_scale"),
+        ({"per_prompt_scale": "batch"}, "per_prompt_scale"),
     ],
 )
 def test_invalid_values_are_refused_naming_the_key(overrides, key):

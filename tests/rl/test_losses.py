@@ -77,27 +77,25 @@ def test_per_prompt_normaliser_uses_each_prompts_window():
     assert normaliser.state_dict()["history"]["a"] == list(history)
 
 
-def test_batch_scale_centres_per_prompt_but_divides_by_the_batch_std() -> None:
+def test_pooled_scale_centres_per_prompt_but_divides_by_the_std_of_all_prompts() -> None:
     # "a" is nearly solved: its own std is tiny, so scale="prompt" blows one unlucky sample up.
-    history = [1.0, 1.0, 1.0, 1.0]
-    batch_prompts, batch = ["a", "b", "b"], np.array([0.9, 0.2, 0.6])
     by_prompt = PerPromptRewardNormaliser(window=8, min_count=2, scale="prompt")
-    by_batch = PerPromptRewardNormaliser(window=8, min_count=2, scale="batch")
-    for normaliser in (by_prompt, by_batch):
-        normaliser(["a"] * 4, np.array(history))
+    by_pool = PerPromptRewardNormaliser(window=8, min_count=2, scale="pooled")
+    for normaliser in (by_prompt, by_pool):
+        normaliser(["a"] * 4, np.array([1.0, 1.0, 1.0, 1.0]))
         normaliser(["b", "b"], np.array([0.4, 0.4]))
-    a_rewards = np.array(history + [0.9])
-    b_rewards = np.array([0.4, 0.4, 0.2, 0.6])
-    got = by_batch(batch_prompts, batch)
-    expected = [
-        (0.9 - a_rewards.mean()) / (batch.std() + 1e-6),
-        (0.2 - b_rewards.mean()) / (batch.std() + 1e-6),
-        (0.6 - b_rewards.mean()) / (batch.std() + 1e-6),
-    ]
-    np.testing.assert_allclose(got, expected, rtol=1e-6)
+    batch_prompts, batch = ["a", "b", "b"], np.array([0.9, 0.2, 0.6])
+    a_rewards, b_rewards = np.array([1.0] * 4 + [0.9]), np.array([0.4, 0.4, 0.2, 0.6])
+    pooled = np.concatenate([a_rewards, b_rewards]).std()
+    got = by_pool(batch_prompts, batch)
+    expected = [(0.9 - a_rewards.mean()) / pooled, (0.2 - b_rewards.mean()) / pooled, (0.6 - b_rewards.mean()) / pooled]
+    np.testing.assert_allclose(got, expected, rtol=1e-5)
     assert by_prompt(batch_prompts, batch)[0] < 4 * got[0] < 0  # the per-prompt std is far smaller
+    # a round in which every reward is the same (std 0) must not divide by zero
+    flat = by_pool(["a", "b"], np.array([1.0, 1.0]))
+    assert np.all(np.isfinite(flat)) and np.all(np.abs(flat) < 5)
     restored = PerPromptRewardNormaliser(window=8, min_count=2)
-    restored.load_state_dict(by_batch.state_dict())
-    assert restored.scale == "batch"
+    restored.load_state_dict(by_pool.state_dict())
+    assert restored.scale == "pooled"
     with pytest.raises(ValueError, match="scale"):
-        PerPromptRewardNormaliser(scale="global")
+        PerPromptRewardNormaliser(scale="batch")

@@ -194,3 +194,24 @@ def test_reward_increases_on_an_easy_reward(make_pipeline, reward_fn, small_conf
         pretrained = rewards()
     gain = trained - pretrained
     assert gain.mean() / (gain.std() / np.sqrt(len(gain))) > 4, (gain.mean(), gain.std())
+
+
+def test_baselines_are_the_value_of_each_buffered_transition():
+    from dpok.rl import Trajectory, TransitionBuffer
+    from dpok.rl.trainer import _baselines
+    from dpok.rl.value import ValueFunction, prompt_text_feature
+
+    torch.manual_seed(0)
+    b, steps = 3, 4
+    trajectory = Trajectory(
+        prompts=["p", "q", "r"], latents=torch.randn(b, steps + 1, 4, 2, 2), timesteps=torch.arange(steps, 0, -1) * 10,
+        log_probs=torch.zeros(b, steps), noise_preds=torch.zeros(b, steps, 4, 2, 2),
+        prompt_embeds=torch.randn(b, 3, 8), negative_prompt_embeds=None, images=None, guidance_scale=1.0, eta=1.0,
+    )
+    value_fn = ValueFunction((4, 2, 2), text_dim=8, num_steps=steps)
+    buffer = TransitionBuffer(capacity=64)
+    buffer.push(trajectory, np.zeros(b), _baselines(value_fn, trajectory, torch.device("cpu")))
+    batch = buffer.get(torch.arange(b * steps))
+    with torch.no_grad():
+        expected = value_fn(batch.latents, batch.step_indices, prompt_text_feature(batch.prompt_embeds))
+    torch.testing.assert_close(batch.baselines, expected)

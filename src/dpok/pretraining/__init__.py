@@ -3,12 +3,13 @@ structure, trained from scratch on rendered scenes with a skewed caption distrib
 
 Pure library code; the ``pretrain`` pipeline is a thin adapter. Stages:
 1. :func:`render_caption_dataset` — captions drawn from the skewed distribution, scenes rendered.
-2. :func:`train_autoencoder` — ``AutoencoderKL`` 32×32×3 ↔ 8×8×4, then :func:`latent_scaling_factor`.
+2. :func:`train_autoencoder` — ``AutoencoderKL`` 32×32×3 ↔ 8×8×4, then :func:`latent_scaling_factor`;
+   :func:`refine_decoder` then fine-tunes the decoder alone on noisy latents (crisper samples).
 3. :func:`train_denoiser` — ``UNet2DConditionModel`` (ε-prediction) jointly with a small
    ``CLIPTextModel`` on cached latents, with caption dropout for classifier-free guidance and an EMA.
 """
 
-from dpok.pretraining.autoencoder import encode_latents, latent_scaling_factor, train_autoencoder
+from dpok.pretraining.autoencoder import encode_latents, latent_scaling_factor, refine_decoder, train_autoencoder
 from dpok.pretraining.config import AutoencoderConfig, DenoiserConfig, PretrainConfig
 from dpok.pretraining.dataset import render_caption_dataset
 from dpok.pretraining.denoiser import train_denoiser
@@ -19,6 +20,7 @@ __all__ = [
     "PretrainConfig",
     "encode_latents",
     "latent_scaling_factor",
+    "refine_decoder",
     "render_caption_dataset",
     "train_autoencoder",
     "train_denoiser",

@@ -34,6 +34,10 @@ class AutoencoderConfig:
         kl_weight: Weight of the KL to N(0, I) on the latent posterior; tiny, as in SD's VAE.
         reconstruction_loss: "l1" or "mse". L1 gives crisper edges: under uncertainty about where an
             edge lies, MSE's optimum is a blend of the two colours, L1's is one of them.
+        refine_decoder_steps: Steps of a second stage that fine-tunes the decoder alone on noisy latents
+            (dpok.pretraining.refine_decoder); 0 skips it.
+        refine_latent_noise: Std of that noise, in units of the latents' std.
+        refine_learning_rate: AdamW learning rate of that stage.
     """
 
     architecture: dict[str, Any] = field(default_factory=dict)
@@ -42,11 +46,23 @@ class AutoencoderConfig:
     learning_rate: float = 2e-3
     kl_weight: float = 1e-6
     reconstruction_loss: str = "l1"
+    refine_decoder_steps: int = 0
+    refine_latent_noise: float = 0.2
+    refine_learning_rate: float = 1e-3
 
     def __post_init__(self) -> None:
         _positive("pretrain.autoencoder", steps=self.steps, batch_size=self.batch_size, learning_rate=self.learning_rate)
         if self.kl_weight < 0:
             raise ValueError(f"pretrain.autoencoder.kl_weight must be >= 0, got {self.kl_weight}")
+        if isinstance(self.refine_decoder_steps, bool) or not isinstance(self.refine_decoder_steps, int) or (
+            self.refine_decoder_steps < 0
+        ):
+            raise ValueError(
+                f"pretrain.autoencoder.refine_decoder_steps must be an integer >= 0, got {self.refine_decoder_steps!r}"
+            )
+        if not self.refine_latent_noise >= 0:
+            raise ValueError(f"pretrain.autoencoder.refine_latent_noise must be >= 0, got {self.refine_latent_noise}")
+        _positive("pretrain.autoencoder", refine_learning_rate=self.refine_learning_rate)
         if self.reconstruction_loss not in RECONSTRUCTION_LOSSES:
             raise ValueError(
                 f"pretrain.autoencoder.reconstruction_loss must be one of {RECONSTRUCTION_LOSSES}, "

@@ -1,6 +1,7 @@
 """FIFO buffer of denoising transitions (DPOK.md §4, step 2).
 
-A transition is ``(z, x_t, x_{t−1}, t, step index, log p_old, r)``. The buffer holds at most
+A transition is ``(z, x_t, x_{t−1}, t, step index, log p_old, r, b)``, where ``b`` is the baseline the
+advantage subtracts (the value function's prediction when the transition arrived; 0 without one). The buffer holds at most
 ``capacity`` of them; pushing more drops the oldest. Prompt embeddings are not copied per transition:
 each distinct prompt gets one row in a small table (conditional and unconditional embeddings) and a
 transition stores the row's index. The text encoder is frozen in DPOK, so a prompt's embeddings never
@@ -19,7 +20,9 @@ import torch
 
 from dpok.rl.sampling import Trajectory
 
-_PER_TRANSITION = ("latents", "next_latents", "timesteps", "step_indices", "log_probs", "rewards", "prompt_index")
+_PER_TRANSITION = (
+    "latents", "next_latents", "timesteps", "step_indices", "log_probs", "rewards", "baselines", "prompt_index",
+)
 
 
 @dataclass
@@ -34,6 +37,7 @@ class TransitionBatch:
     step_indices: torch.Tensor
     log_probs: torch.Tensor
     rewards: torch.Tensor
+    baselines: torch.Tensor
     prompts: list[str]
 
     def __len__(self) -> int:
@@ -86,12 +90,25 @@ class TransitionBuffer:
                 self._table_uncond = uncond if self._table_uncond is None else torch.cat([self._table_uncond, uncond])
         return torch.tensor(rows, dtype=torch.long)
 
-    def push(self, trajectory: Trajectory, rewards: np.ndarray | torch.Tensor) -> None:
-        """Add every transition of ``trajectory`` (trajectory-major, then step order) with its reward."""
+    def push(
+        self,
+        trajectory: Trajectory,
+        rewards: np.ndarray | torch.Tensor,
+        baselines: torch.Tensor | None = None,
+    ) -> None:
+        """Add every transition of ``trajectory`` (trajectory-major, then step order) with its reward.
+
+        ``baselines``: one per transition, shape (B, T) or (B·T,), in the same order; zeros if None.
+        """
         batch, steps = trajectory.batch_size, trajectory.num_steps
         rewards = torch.as_tensor(np.asarray(rewards, dtype=np.float32)).reshape(-1)
         if rewards.shape[0] != batch:
             raise ValueError(f"got {rewards.shape[0]} rewards for {batch} trajectories")
+        if baselines is None:
+            baselines = torch.zeros(batch * steps)
+        baselines = torch.as_tensor(baselines).detach().cpu().float().reshape(-1)
+        if baselines.shape[0] != batch * steps:
+            raise ValueError(f"got {baselines.shape[0]} baselines for {batch * steps} transitions")
         latents = trajectory.latents.detach().cpu()
         shape = latents.shape[2:]
         new = {
@@ -101,6 +118,7 @@ class TransitionBuffer:
             "step_indices": torch.arange(steps).repeat(batch),
             "log_probs": trajectory.log_probs.detach().cpu().float().reshape(-1),
             "rewards": rewards.repeat_interleave(steps),
+            "baselines": baselines,
             "prompt_index": self._prompt_rows(trajectory).repeat_interleave(steps),
         }
         if not self._storage:
@@ -169,6 +187,8 @@ class TransitionBuffer:
         self._table_cond = tensors["table_prompt_embeds"].clone()
         uncond = tensors.get("table_negative_prompt_embeds")
         self._table_uncond = None if uncond is None else uncond.clone()
+        tensors = dict(tensors)
+        tensors.setdefault("baselines", torch.zeros(size))  # checkpoints written before baselines existed
         self._storage = {
             key: torch.zeros((self.capacity, *tensors[key].shape[1:]), dtype=tensors[key].dtype)
             for key in _PER_TRANSITION

@@ -59,7 +59,8 @@ class FinetuneConfig:
         p_batch: Transitions per policy micro-batch.
         accum: Micro-batches accumulated per policy step.
         p_step: Policy steps per round.
-        use_value_function: Learn V_φ and use A = α·(r − V); otherwise A = α·r.
+        use_value_function: Learn V_φ and use A = α·(r − V); otherwise A = α·r. V is evaluated on a
+            transition when it enters the buffer, before V_φ is fitted on its reward (see the trainer).
         value_learning_rate: AdamW learning rate of the value function.
         value_batch_size: Transitions per value step.
         value_steps: Value steps per round (before the policy steps).
@@ -67,8 +68,8 @@ class FinetuneConfig:
         per_prompt_window: Rewards remembered per prompt for that standardisation.
         per_prompt_min_count: Below this many rewards a prompt uses the batch's statistics.
         per_prompt_scale: What the per-prompt-centred reward is divided by: ``"prompt"``, the prompt's
-            own std (DDPO), or ``"batch"``, the round's reward std, so that nearly solved prompts (tiny
-            std) do not get huge advantages for one unlucky sample.
+            own std (DDPO), or ``"pooled"``, the std of all prompts' remembered rewards, so that nearly
+            solved prompts (tiny std) do not get huge advantages for one unlucky sample.
         kl_report_trajectories: Fresh trajectories per round on which the exact KL bound is reported
             (0 skips the report; the metric is then NaN).
         checkpoint_every: Write a checkpoint every this many rounds (and after the last round).

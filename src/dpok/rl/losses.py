@@ -49,7 +49,7 @@ def policy_loss(clip_mode: str, advantages: torch.Tensor, ratio: torch.Tensor, c
     return POLICY_LOSSES[clip_mode](advantages, ratio, clip_range)
 
 
-NORMALISATION_SCALES = ("prompt", "batch")
+NORMALISATION_SCALES = ("prompt", "pooled")
 
 
 class PerPromptRewardNormaliser:
@@ -57,13 +57,14 @@ class PerPromptRewardNormaliser:
 
     A batch's rewards are first added to their prompts' histories; each reward then has its prompt's
     mean subtracted and is divided by a scale: its prompt's std (``scale="prompt"``, DDPO) or the std of
-    the whole batch (``scale="batch"``). Prompts with fewer than ``min_count`` rewards so far use the
-    batch's mean and std instead.
+    all remembered rewards of all prompts (``scale="pooled"``). Prompts with fewer than ``min_count``
+    rewards so far use the batch's mean and std instead.
 
-    Why ``"batch"``: with a discrete reward such as the shapes judge, a nearly solved prompt has a tiny
+    Why ``"pooled"``: with a discrete reward such as the shapes judge, a nearly solved prompt has a tiny
     std, and one unlucky sample among perfect ones gets an advantage of −5 or more; dividing by the
-    prompt's std then lets the prompts with the least left to learn dominate the gradient. The per-prompt
-    mean still removes the difference between easy and hard prompts.
+    prompt's std lets the prompts with the least left to learn dominate the gradient. The per-prompt
+    mean still removes the difference between easy and hard prompts. (The std of the round's batch is
+    no substitute: a round whose 16 rewards are all 1.0 has std 0, and dividing by it blew a run up.)
     """
 
     def __init__(self, window: int = 32, min_count: int = 8, eps: float = 1e-6, scale: str = "prompt") -> None:
@@ -81,12 +82,13 @@ class PerPromptRewardNormaliser:
         for prompt, reward in zip(prompts, rewards):
             self._history.setdefault(prompt, deque(maxlen=self.window)).append(float(reward))
         batch_mean, batch_std = rewards.mean(), rewards.std()
+        pooled_std = np.std(np.concatenate([np.asarray(h) for h in self._history.values()]))
         normalised = np.empty_like(rewards)
         for i, (prompt, reward) in enumerate(zip(prompts, rewards)):
             history = self._history[prompt]
             if len(history) >= self.min_count:
                 mean = np.mean(history)
-                std = np.std(history) if self.scale == "prompt" else batch_std
+                std = np.std(history) if self.scale == "prompt" else pooled_std
             else:
                 mean, std = batch_mean, batch_std
             normalised[i] = (reward - mean) / (std + self.eps)

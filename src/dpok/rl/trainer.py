@@ -203,6 +203,15 @@ def _sample_round(pipeline, prompts: list[str], config: FinetuneConfig, round_nu
     return Trajectory.concatenate(parts)
 
 
+def _baselines(value_fn: ValueFunction, trajectory: Trajectory, device: torch.device) -> torch.Tensor:
+    """V_φ(x_t, t, z) of every transition of ``trajectory``, (B·T,) in the buffer's order, no grad."""
+    batch, steps = trajectory.batch_size, trajectory.num_steps
+    latents = trajectory.latents[:, :-1].reshape(batch * steps, *trajectory.latents.shape[2:]).to(device)
+    features = prompt_text_feature(trajectory.prompt_embeds.to(device)).repeat_interleave(steps, dim=0)
+    with torch.no_grad():
+        return value_fn(latents, torch.arange(steps, device=device).repeat(batch), features).cpu()
+
+
 def _policy_microbatch(
     unet: torch.nn.Module,
     scheduler,
@@ -223,11 +232,9 @@ def _policy_microbatch(
         scheduler, model_output, timesteps, x_t, config.eta, prev_sample=batch.next_latents
     )
     ratio = torch.exp(log_prob - batch.log_probs)
-    values = None
-    if value_fn is not None:
-        with torch.no_grad():
-            values = value_fn(x_t, batch.step_indices, prompt_text_feature(cond))
-    advantage = advantages(batch.rewards, values, config.reward_weight)
+    # The baseline was predicted when the transition entered the buffer, before V_φ regressed its reward.
+    baseline = batch.baselines if value_fn is not None else None
+    advantage = advantages(batch.rewards, baseline, config.reward_weight)
     surrogate = policy_loss(config.clip_mode, advantage, ratio, config.clip_range)
     loss = surrogate
     kl = torch.full((), float("nan"))
@@ -435,7 +442,10 @@ def _train_round(
     # 2. transitions into the FIFO buffer, with the rewards the update uses
     tick = time.perf_counter()
     training_rewards = rewards if normaliser is None else normaliser(round_prompts, rewards)
-    buffer.push(trajectory, training_rewards)
+    # Baselines come from V_φ before it is fitted on these transitions: fitted on them, an MLP on 256-d
+    # latents memorises their rewards and r − V collapses to noise (no learning in a shapes-world test).
+    baselines = None if value_fn is None else _baselines(value_fn, trajectory, device)
+    buffer.push(trajectory, training_rewards, baselines)
     del trajectory
 
     # 3. value steps

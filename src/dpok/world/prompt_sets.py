@@ -5,8 +5,8 @@ Why the sets look as they do:
 - **Train (12 prompts, 3 per category, split "train").** The paper fine-tunes on prompts the
   pretrained model gets wrong, so RL has room to improve. Under the default :class:`CaptionSkew`, two
   of each category's three prompts are *rare* (a rare colour-shape pair, four objects or the bottom
-  side), which the base model saw about 30 times less often than common prompts. The third is
-  *common*: a control on which the base model is already good, where fine-tuning should keep (not
+  side), which the base model saw about 500 times less often than common prompts (``rare_factor``
+  0.002). The third is *common*: a control on which the base model is already good, where fine-tuning should keep (not
   destroy) what pretraining taught. That is the KL regulariser's job, and the report can show it.
 - **Eval (22 rows).** All train prompts (split "train": does RL improve what it trained on?) plus 10
   held-out prompts (split "heldout"): the skew's *unseen* prompts (never captions in pretraining:

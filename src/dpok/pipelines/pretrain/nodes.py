@@ -19,6 +19,7 @@ from dpok.pretraining import (
     PretrainConfig,
     encode_latents,
     latent_scaling_factor,
+    refine_decoder,
     render_caption_dataset,
     train_autoencoder,
     train_denoiser,
@@ -63,6 +64,17 @@ def train_autoencoder_node(images: np.ndarray, config: dict[str, Any]):
     return vae, latents * scaling, {"seconds": time.perf_counter() - start, "history": history}
 
 
+def refine_decoder_node(vae, images: np.ndarray, config: dict[str, Any]):
+    """The decoder-only second stage (skipped when ``refine_decoder_steps`` is 0)."""
+    cfg = PretrainConfig.from_dict(config)
+    if cfg.autoencoder.refine_decoder_steps == 0:
+        return vae, {"seconds": 0.0, "history": []}
+    start = time.perf_counter()
+    refined, history = refine_decoder(vae, images, cfg.autoencoder, seed=cfg.seed)
+    logger.info("Decoder refinement: final L1 %.4f (%.0f s)", history[-1]["l1"], time.perf_counter() - start)
+    return refined, {"seconds": time.perf_counter() - start, "history": history}
+
+
 def train_denoiser_node(latents: torch.Tensor, captions: list[str], config: dict[str, Any]):
     cfg = PretrainConfig.from_dict(config)
     start = time.perf_counter()
@@ -80,21 +92,26 @@ def assemble_base_model(vae, unet, text_encoder, tokenizer, config: dict[str, An
     return assemble_pipeline(vae, unet, text_encoder, tokenizer, build_ddim_scheduler(cfg.scheduler))
 
 
-def plot_pretraining(autoencoder_log: dict, denoiser_log: dict) -> tuple[Image.Image, dict[str, list[dict]]]:
+def plot_pretraining(
+    autoencoder_log: dict, decoder_log: dict, denoiser_log: dict
+) -> tuple[Image.Image, dict[str, list[dict]]]:
     """Loss curves (PNG) and the same numbers as MLflow metric histories."""
-    vae_h, unet_h = autoencoder_log["history"], denoiser_log["history"]
+    vae_h, decoder_h, unet_h = autoencoder_log["history"], decoder_log["history"], denoiser_log["history"]
+    curves = {"autoencoder reconstruction MSE": ([h["step"] for h in vae_h], [h["mse"] for h in vae_h])}
+    if decoder_h:
+        curves["decoder refinement L1 (noisy latents)"] = ([h["step"] for h in decoder_h], [h["l1"] for h in decoder_h])
+    curves["denoiser ε-MSE (smoothed)"] = ([h["step"] for h in unet_h], [h["loss_smoothed"] for h in unet_h])
     figure = curves_figure(
-        {
-            "autoencoder reconstruction MSE": ([h["step"] for h in vae_h], [h["mse"] for h in vae_h]),
-            "denoiser ε-MSE (smoothed)": ([h["step"] for h in unet_h], [h["loss_smoothed"] for h in unet_h]),
-        },
+        curves,
         title="Pretraining the shapes-world base model",
         xlabel="step",
     )
     metrics = {
         "pretrain_autoencoder_mse": [{"step": h["step"], "value": h["mse"]} for h in vae_h],
         "pretrain_denoiser_loss": [{"step": h["step"], "value": h["loss_smoothed"]} for h in unet_h],
+        "pretrain_decoder_refinement_l1": [{"step": h["step"], "value": h["l1"]} for h in decoder_h],
         "pretrain_autoencoder_seconds": [{"step": 0, "value": autoencoder_log["seconds"]}],
+        "pretrain_decoder_refinement_seconds": [{"step": 0, "value": decoder_log["seconds"]}],
         "pretrain_denoiser_seconds": [{"step": 0, "value": denoiser_log["seconds"]}],
     }
     return figure, metrics

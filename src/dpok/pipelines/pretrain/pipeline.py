@@ -3,6 +3,7 @@ from kedro.pipeline import Node, Pipeline
 from dpok.pipelines.pretrain.nodes import (
     assemble_base_model,
     plot_pretraining,
+    refine_decoder_node,
     render_training_set,
     report_base_model,
     train_autoencoder_node,
@@ -24,6 +25,12 @@ def create_pipeline(**kwargs) -> Pipeline:
                 name="train_autoencoder_node",
             ),
             Node(
+                refine_decoder_node,
+                ["pretrain_autoencoder", "pretrain_images", "pretrain_config"],
+                ["pretrain_autoencoder_refined", "pretrain_decoder_log"],
+                name="refine_decoder_node",
+            ),
+            Node(
                 train_denoiser_node,
                 ["pretrain_latents", "pretrain_captions", "pretrain_config"],
                 ["pretrain_unet", "pretrain_text_encoder", "pretrain_tokenizer", "pretrain_denoiser_log"],
@@ -31,13 +38,16 @@ def create_pipeline(**kwargs) -> Pipeline:
             ),
             Node(
                 assemble_base_model,
-                ["pretrain_autoencoder", "pretrain_unet", "pretrain_text_encoder", "pretrain_tokenizer", "pretrain_config"],
+                [
+                    "pretrain_autoencoder_refined", "pretrain_unet", "pretrain_text_encoder", "pretrain_tokenizer",
+                    "pretrain_config",
+                ],
                 "shapes_base_model_out",
                 name="assemble_base_model_node",
             ),
             Node(
                 plot_pretraining,
-                ["pretrain_autoencoder_log", "pretrain_denoiser_log"],
+                ["pretrain_autoencoder_log", "pretrain_decoder_log", "pretrain_denoiser_log"],
                 ["pretrain_loss_curves", "pretrain_metrics"],
                 name="plot_pretraining_node",
             ),
