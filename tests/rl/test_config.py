@@ -50,6 +50,8 @@ def test_exact_message_for_a_bad_learning_rate():
         ({"keep_last_checkpoints": 0}, "keep_last_checkpoints"),
         ({"per_prompt_min_count": 40, "per_prompt_window": 32}, "per_prompt_min_count"),
         ({"per_prompt_scale": "batch"}, "per_prompt_scale"),
+        ({"train_timestep_fraction": 0.0}, "train_timestep_fraction"),
+        ({"train_timestep_fraction": 1.5}, "train_timestep_fraction"),
     ],
 )
 def test_invalid_values_are_refused_naming_the_key(overrides, key):

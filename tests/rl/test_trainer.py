@@ -215,3 +215,21 @@ def test_baselines_are_the_value_of_each_buffered_transition():
     with torch.no_grad():
         expected = value_fn(batch.latents, batch.step_indices, prompt_text_feature(batch.prompt_embeds))
     torch.testing.assert_close(batch.baselines, expected)
+
+
+def test_train_timestep_fraction_keeps_the_earliest_steps():
+    from dpok.rl import Trajectory
+    from dpok.rl.trainer import _earliest_steps
+
+    b, steps = 2, 5
+    trajectory = Trajectory(
+        prompts=["p", "q"], latents=torch.arange(b * (steps + 1)).float().reshape(b, steps + 1, 1, 1, 1),
+        timesteps=torch.arange(steps, 0, -1) * 10, log_probs=torch.arange(b * steps).float().reshape(b, steps),
+        noise_preds=torch.zeros(b, steps, 1, 1, 1), prompt_embeds=torch.zeros(b, 3, 8), negative_prompt_embeds=None,
+        images=None, guidance_scale=1.0, eta=1.0,
+    )
+    assert _earliest_steps(trajectory, 1.0) is trajectory
+    cut = _earliest_steps(trajectory, 0.4)  # 2 of 5 steps: x_T → x_{T−1} → x_{T−2}
+    assert cut.num_steps == 2 and cut.latents.shape[1] == 3
+    assert cut.timesteps.tolist() == [50, 40] and cut.log_probs.tolist() == [[0.0, 1.0], [5.0, 6.0]]
+    assert _earliest_steps(trajectory, 0.01).num_steps == 1

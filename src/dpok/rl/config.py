@@ -55,6 +55,8 @@ class FinetuneConfig:
         kl_form: ``"exact"`` (Gaussian KL in nats) or ``"eps_mse"`` (official mean((ε̄_θ − ε̄_pre)²)).
         clip_mode: ``"ppo"`` (max(−Aρ, −A·clip(ρ))) or ``"dpok_clamp"`` (official −A·clamp(ρ)).
         clip_range: ε of the ratio clip [1−ε, 1+ε] (official 1e-4 is for SD's 16 384-element latents).
+        train_timestep_fraction: Share of each trajectory's steps, the earliest (noisiest) first, whose
+            transitions enter the buffer and train the policy (DDPO's ``timestep_fraction``); 1 = all.
         buffer_size: FIFO buffer capacity in transitions.
         p_batch: Transitions per policy micro-batch.
         accum: Micro-batches accumulated per policy step.
@@ -104,6 +106,7 @@ class FinetuneConfig:
     kl_form: str = "eps_mse"
     clip_mode: str = "ppo"
     clip_range: float = 1e-2
+    train_timestep_fraction: float = 1.0
     buffer_size: int = 1000
     p_batch: int = 32
     accum: int = 2
@@ -167,6 +170,7 @@ class FinetuneConfig:
         number("reward_weight", gt=0)
         number("kl_weight", ge=0)
         number("clip_range", gt=0, lt=1)
+        number("train_timestep_fraction", gt=0, le=1)
         number("value_learning_rate", gt=0)
         for name in ("use_value_function", "per_prompt_normalisation", "resume", "gradient_checkpointing"):
             boolean(name)

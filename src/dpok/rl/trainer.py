@@ -21,7 +21,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -201,6 +201,20 @@ def _sample_round(pipeline, prompts: list[str], config: FinetuneConfig, round_nu
         for start in range(0, len(prompts), chunk)
     ]
     return Trajectory.concatenate(parts)
+
+
+def _earliest_steps(trajectory: Trajectory, fraction: float) -> Trajectory:
+    """The trajectory cut to its first ``ceil(fraction · T)`` steps (the noisiest), whose transitions train."""
+    keep = max(1, int(np.ceil(fraction * trajectory.num_steps - 1e-9)))
+    if keep == trajectory.num_steps:
+        return trajectory
+    return replace(
+        trajectory,
+        latents=trajectory.latents[:, : keep + 1],
+        timesteps=trajectory.timesteps[:keep],
+        log_probs=trajectory.log_probs[:, :keep],
+        noise_preds=trajectory.noise_preds[:, :keep],
+    )
 
 
 def _baselines(value_fn: ValueFunction, trajectory: Trajectory, device: torch.device) -> torch.Tensor:
@@ -444,8 +458,9 @@ def _train_round(
     training_rewards = rewards if normaliser is None else normaliser(round_prompts, rewards)
     # Baselines come from V_φ before it is fitted on these transitions: fitted on them, an MLP on 256-d
     # latents memorises their rewards and r − V collapses to noise (no learning in a shapes-world test).
-    baselines = None if value_fn is None else _baselines(value_fn, trajectory, device)
-    buffer.push(trajectory, training_rewards, baselines)
+    trained = _earliest_steps(trajectory, config.train_timestep_fraction)
+    baselines = None if value_fn is None else _baselines(value_fn, trained, device)
+    buffer.push(trained, training_rewards, baselines)
     del trajectory
 
     # 3. value steps
