@@ -84,8 +84,8 @@ def refine_decoder(
     bar = tqdm(range(steps), desc="decoder refinement", disable=not progress, mininterval=2)
     for step in bar:
         index = torch.randint(len(data), (config.batch_size,), generator=generator)
-        noisy = latents[index] + noise_std * torch.randn(latents[index].shape, generator=generator)
-        reconstruction = refined.decode(noisy).sample
+        clean = latents[index]
+        reconstruction = refined.decode(clean + noise_std * torch.randn(clean.shape, generator=generator)).sample
         loss = torch.nn.functional.l1_loss(reconstruction, data[index])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

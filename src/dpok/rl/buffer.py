@@ -1,11 +1,11 @@
 """FIFO buffer of denoising transitions (DPOK.md §4, step 2).
 
 A transition is ``(z, x_t, x_{t−1}, t, step index, log p_old, r, b)``, where ``b`` is the baseline the
-advantage subtracts (the value function's prediction when the transition arrived; 0 without one). The buffer holds at most
-``capacity`` of them; pushing more drops the oldest. Prompt embeddings are not copied per transition:
-each distinct prompt gets one row in a small table (conditional and unconditional embeddings) and a
-transition stores the row's index. The text encoder is frozen in DPOK, so a prompt's embeddings never
-change and the table is bounded by the training prompt set.
+advantage subtracts (the value function's prediction when the transition arrived; 0 without one). The
+buffer holds at most ``capacity`` of them; pushing more drops the oldest. Prompt embeddings are not
+copied per transition: each distinct prompt gets one row in a small table (conditional and unconditional
+embeddings) and a transition stores the row's index. The text encoder is frozen in DPOK, so a prompt's
+embeddings never change and the table is bounded by the training prompt set.
 
 Tensors live on the CPU; :meth:`TransitionBatch.to` moves a micro-batch to the model's device.
 """
