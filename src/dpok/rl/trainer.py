@@ -230,7 +230,6 @@ def _policy_microbatch(
     unet: torch.nn.Module,
     scheduler,
     batch: TransitionBatch,
-    value_fn: ValueFunction | None,
     config: FinetuneConfig,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """loss = clipped surrogate + β·KL_t on one micro-batch (DPOK.md §4, step 4)."""
@@ -246,9 +245,9 @@ def _policy_microbatch(
         scheduler, model_output, timesteps, x_t, config.eta, prev_sample=batch.next_latents
     )
     ratio = torch.exp(log_prob - batch.log_probs)
-    # The baseline was predicted when the transition entered the buffer, before V_φ regressed its reward.
-    baseline = batch.baselines if value_fn is not None else None
-    advantage = advantages(batch.rewards, baseline, config.reward_weight)
+    # The baseline was predicted when the transition entered the buffer, before V_φ regressed its reward
+    # (zero without a value function).
+    advantage = advantages(batch.rewards, batch.baselines, config.reward_weight)
     surrogate = policy_loss(config.clip_mode, advantage, ratio, config.clip_range)
     loss = surrogate
     kl = torch.full((), float("nan"))
@@ -486,7 +485,7 @@ def _train_round(
         problem, unscaled = None, False
         for _ in range(config.accum):
             batch = buffer.sample(config.p_batch, generator).to(device)
-            loss, micro_stats = _policy_microbatch(unet, scheduler, batch, value_fn, config)
+            loss, micro_stats = _policy_microbatch(unet, scheduler, batch, config)
             if not torch.isfinite(loss):
                 problem = f"non-finite loss ({loss.item()})"
                 break
