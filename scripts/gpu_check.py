@@ -10,6 +10,7 @@ and an ImageReward model of the real size (BLIP ViT-L/16 + BERT-base, random wei
    ``--batch`` images, decoded to numpy);
 2. ``sampler``: :func:`dpok.rl.sample_trajectories` on the same batch (log-probs, all latents kept), under
    the mixed precision of ``conf/sd15``; ``sampler_to_pipeline_ratio`` compares the medians;
+   ``sampler_without_autocast`` times it again outside autocast, in the weights' dtype as the stock call runs;
 3. ``imagereward``: scoring the sampler's images with the ImageReward model (fp16 on GPU);
 4. ``dpok_round``: one round of :func:`dpok.rl.train_dpok` with ``conf/sd15/parameters_finetune.yml``'s RL
    settings (g_batch 10, 50 steps, value steps, p_step 5 × accum 12 × p_batch 4 with LoRA rank 4, fp16),
@@ -224,25 +225,36 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             return sample_trajectories(pipeline, prompts, num_inference_steps=steps, guidance_scale=guidance, eta=1.0,
                                        generator=torch.Generator(device).manual_seed(0))
 
+    def ours_without_autocast():
+        # the sampler alone, in the weights' dtype like the stock call (no LoRA attached here): tells the
+        # sampler's own cost apart from that of the trainer's autocast
+        return sample_trajectories(pipeline, prompts, num_inference_steps=steps, guidance_scale=guidance, eta=1.0,
+                                   generator=torch.Generator(device).manual_seed(0))
+
     with torch.no_grad():
         stock_images, trajectory = stock(), ours()  # warm-up (kernels, allocator)
-        times: dict[str, list[float]] = {"pipeline": [], "sampler": []}
+        ours_without_autocast()
+        times: dict[str, list[float]] = {"pipeline": [], "sampler": [], "sampler_without_autocast": []}
         peaks: dict[str, float | None] = {}
         for _ in range(args.repeats):
-            for name, fn in (("pipeline", stock), ("sampler", ours)):
+            phases = (("pipeline", stock), ("sampler", ours), ("sampler_without_autocast", ours_without_autocast))
+            for name, fn in phases:
                 _reset_peak(device)
                 seconds, out = _timed(fn, device)
                 times[name].append(seconds)
                 peaks[name] = _peak_gib(device)
                 if name == "pipeline":
                     stock_images = out
-                else:
+                elif name == "sampler":
                     trajectory = out
-    for name in ("pipeline", "sampler"):
+    for name in ("pipeline", "sampler", "sampler_without_autocast"):
         median = statistics.median(times[name])
         report[name] = {"seconds": median, "all_seconds": times[name], "samples_per_second": args.batch / median,
                         "peak_memory_gib": peaks[name]}
     report["sampler_to_pipeline_ratio"] = report["sampler"]["seconds"] / report["pipeline"]["seconds"]
+    report["sampler_without_autocast_to_pipeline_ratio"] = (
+        report["sampler_without_autocast"]["seconds"] / report["pipeline"]["seconds"]
+    )
     report["sampler"]["finite"] = _all_finite(trajectory.log_probs.cpu(), trajectory.latents.float().cpu())
     report["pipeline"]["finite"] = _all_finite(stock_images)
 

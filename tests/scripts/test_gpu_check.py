@@ -29,11 +29,13 @@ def test_tiny_run_reports_every_phase_as_json(gpu_check, tmp_path, capsys):
     assert report["finite"] is True and report["tiny"] is True
     assert (report["batch"], report["steps"], report["guidance_scale"]) == (2, 3, 7.5)
     assert (report["dtype"], report["mixed_precision"]) == ("float16", "fp16")  # conf/sd15's precision
-    for phase in ("pipeline", "sampler", "imagereward"):
+    for phase in ("pipeline", "sampler", "sampler_without_autocast", "imagereward"):
         assert report[phase]["seconds"] > 0 and report[phase]["peak_memory_gib"] is None  # no GPU here
         assert report[phase]["samples_per_second"] == pytest.approx(2 / report[phase]["seconds"])
     ratio = report["sampler"]["seconds"] / report["pipeline"]["seconds"]
     assert report["sampler_to_pipeline_ratio"] == pytest.approx(ratio)
+    plain = report["sampler_without_autocast"]["seconds"] / report["pipeline"]["seconds"]
+    assert report["sampler_without_autocast_to_pipeline_ratio"] == pytest.approx(plain)
     first, other = report["dpok_round"], report["dpok_round_other_checkpointing"]
     assert (first["gradient_checkpointing"], other["gradient_checkpointing"]) == (False, True)
     for row in (first, other):
