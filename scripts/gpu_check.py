@@ -11,6 +11,7 @@ and an ImageReward model of the real size (BLIP ViT-L/16 + BERT-base, random wei
 2. ``sampler``: :func:`dpok.rl.sample_trajectories` on the same batch (log-probs, all latents kept), under
    the mixed precision of ``conf/sd15``; ``sampler_to_pipeline_ratio`` compares the medians;
    ``sampler_without_autocast`` times it again outside autocast, in the weights' dtype as the stock call runs;
+   ``rescoring_log_ratio``: |log ρ| of the sampled steps rescored as the update does, before any update;
 3. ``imagereward``: scoring the sampler's images with the ImageReward model (fp16 on GPU);
 4. ``dpok_round``: one round of :func:`dpok.rl.train_dpok` with ``conf/sd15/parameters_finetune.yml``'s RL
    settings (g_batch 10, 50 steps, value steps, p_step 5 × accum 12 × p_batch 4 with LoRA rank 4, fp16),
@@ -256,6 +257,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         report["sampler_without_autocast"]["seconds"] / report["pipeline"]["seconds"]
     )
     report["sampler"]["finite"] = _all_finite(trajectory.log_probs.cpu(), trajectory.latents.float().cpu())
+    with torch.autocast(device.type, dtype=autocast) if autocast else contextlib.nullcontext():
+        report["rescoring_log_ratio"] = rescoring_log_ratio(pipeline, trajectory, guidance)
     report["pipeline"]["finite"] = _all_finite(stock_images)
 
     scorer = build_imagereward(args.tiny, device)
@@ -301,6 +304,26 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     report["finite"] = all(report[k]["finite"] for k in ("pipeline", "sampler", "imagereward", "dpok_round"))
     report["total_seconds"] = time.perf_counter() - started
     return report
+
+
+def rescoring_log_ratio(pipeline, trajectory, guidance_scale: float, transitions: int = 4) -> dict[str, float]:
+    """|log ρ| of an unchanged policy: the first trajectory's first steps rescored as the update scores them
+    (``transitions`` per batch, batched timesteps). Anything above 0 is rounding noise that the ratio clip
+    (1e-4 in ``conf/sd15``) sees as policy change."""
+    from dpok.rl import ddim_step_with_logprob
+    from dpok.rl.sampling import guided_noise_prediction
+
+    transitions = min(transitions, trajectory.num_steps)
+    steps = slice(0, transitions)
+    x_t, x_prev = trajectory.latents[0, steps], trajectory.latents[0, 1 : transitions + 1]
+    timesteps = trajectory.timesteps[steps]
+    cond = trajectory.prompt_embeds[:1].expand(transitions, -1, -1)
+    uncond = trajectory.negative_prompt_embeds[:1].expand(transitions, -1, -1)
+    with torch.no_grad():
+        output = guided_noise_prediction(pipeline.unet, x_t, timesteps, cond, uncond, guidance_scale)
+        _, log_prob = ddim_step_with_logprob(pipeline.scheduler, output, timesteps, x_t, prev_sample=x_prev)
+    gap = (log_prob.float() - trajectory.log_probs[0, steps].float()).abs()
+    return {"mean": float(gap.mean()), "max": float(gap.max()), "transitions": transitions}
 
 
 def with_fresh_unet(pipeline):

@@ -36,6 +36,9 @@ def test_tiny_run_reports_every_phase_as_json(gpu_check, tmp_path, capsys):
     assert report["sampler_to_pipeline_ratio"] == pytest.approx(ratio)
     plain = report["sampler_without_autocast"]["seconds"] / report["pipeline"]["seconds"]
     assert report["sampler_without_autocast_to_pipeline_ratio"] == pytest.approx(plain)
+    # an unchanged policy rescored in fp16 at another batch shape: ratio 1 (the step's arithmetic is float32;
+    # in the model's dtype it was |log ρ| ≈ 3e-3 here, 30 times the clip)
+    assert report["rescoring_log_ratio"]["max"] <= 1e-5
     first, other = report["dpok_round"], report["dpok_round_other_checkpointing"]
     assert (first["gradient_checkpointing"], other["gradient_checkpointing"]) == (False, True)
     for row in (first, other):
