@@ -220,17 +220,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         return pipeline(prompts, num_inference_steps=steps, guidance_scale=guidance, eta=1.0, output_type="np",
                         generator=torch.Generator(device).manual_seed(0)).images
 
-    def ours():
-        # as train_dpok samples: under autocast when conf/sd15 asks for mixed precision
-        with torch.autocast(device.type, dtype=autocast) if autocast else contextlib.nullcontext():
-            return sample_trajectories(pipeline, prompts, num_inference_steps=steps, guidance_scale=guidance, eta=1.0,
-                                       generator=torch.Generator(device).manual_seed(0))
-
     def ours_without_autocast():
         # the sampler alone, in the weights' dtype like the stock call (no LoRA attached here): tells the
         # sampler's own cost apart from that of the trainer's autocast
         return sample_trajectories(pipeline, prompts, num_inference_steps=steps, guidance_scale=guidance, eta=1.0,
                                    generator=torch.Generator(device).manual_seed(0))
+
+    def ours():
+        # as train_dpok samples: under autocast when conf/sd15 asks for mixed precision
+        with torch.autocast(device.type, dtype=autocast) if autocast else contextlib.nullcontext():
+            return ours_without_autocast()
 
     with torch.no_grad():
         stock_images, trajectory = stock(), ours()  # warm-up (kernels, allocator)
