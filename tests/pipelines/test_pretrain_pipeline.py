@@ -39,6 +39,50 @@ def test_shipped_model_loads_in_stock_diffusers_offline_and_draws_the_prompt():
     assert size <= 30 * 2**20
 
 
+REPORT = ROOT / "data/08_reporting/base_model_report.json"
+
+
+@pytest.mark.skipif(not REPORT.exists(), reason="the base model report is not in this checkout")
+def test_shipped_base_model_report_meets_the_targets_with_the_default_sampler():
+    report = json.loads(REPORT.read_text())
+    sampler = yaml.safe_load((ROOT / "conf/base/parameters_pretrained.yml").read_text())["pretrained"]
+    settings = report["settings"]
+    assert settings["eta"] == 1.0 and settings["seeds_per_prompt"] >= 16
+    assert (settings["num_inference_steps"], settings["guidance_scale"]) == (
+        sampler["num_inference_steps"], sampler["guidance_scale"],
+    ), "the report must use the default step count and CFG"
+    common, rare, unseen = (report["per_rarity"][k] for k in ("common", "rare", "unseen"))
+    assert common["judge"] >= 0.85 and common["quality"] >= 0.9
+    assert rare["judge"] <= 0.65, "rare prompts must leave RL room to improve"
+    assert rare["quality"] >= 0.8 and unseen["quality"] >= 0.8
+
+
+@pytest.mark.skipif(not (SHIPPED.exists() and REPORT.exists()), reason="no shipped model or report")
+def test_report_is_what_the_shipped_model_samples():
+    """The committed report belongs to the committed weights: resample two of its prompts, same seeds."""
+    from dpok.evaluation.sampling import generate_seeded_images
+    from dpok.world import quality
+
+    report = json.loads(REPORT.read_text())
+    settings = report["settings"]
+    pipe = StableDiffusionPipeline.from_pretrained(str(SHIPPED))
+    pipe.set_progress_bar_config(disable=True)
+    prompts = ["a blue square", "a green triangle"]  # one common, one rare
+    n = settings["seeds_per_prompt"]
+    first = yaml.safe_load((ROOT / "conf/base/parameters_pretrain.yml").read_text())["pretrain_report"]["seed"]
+    images = generate_seeded_images(
+        pipe, [p for p in prompts for _ in range(n)], list(range(first, first + n)) * len(prompts),
+        num_inference_steps=settings["num_inference_steps"], guidance_scale=settings["guidance_scale"],
+        eta=settings["eta"], batch_size=2 * n,
+    )
+    for i, prompt in enumerate(prompts):
+        chunk = images[i * n : (i + 1) * n]
+        expected = report["per_prompt"][prompt]
+        # Thread counts may change the last bits of a sample; a redrawn model changes these by far more.
+        assert judge(chunk, [prompt] * n).mean() == pytest.approx(expected["judge"], abs=0.03)
+        assert quality(chunk).mean() == pytest.approx(expected["quality"], abs=0.03)
+
+
 def tiny_pretrain_params() -> dict:
     params = yaml.safe_load((ROOT / "conf/base/parameters_pretrain.yml").read_text())
     pretrain = copy.deepcopy(params["pretrain"])
