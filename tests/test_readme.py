@@ -2,7 +2,8 @@
 
 Covered elsewhere: `make test` is what CI runs (.ci/run); `kedro run --pipelines prompts` and the
 finetune/evaluate pipelines have their own tests; `make run` and `dvc repro` are the slow checks
-(tests/test_slow_end_to_end.py, `pytest -m slow`).
+(tests/test_slow_end_to_end.py, `pytest -m slow`), which also runs `kedro run --env shapes_single` in full;
+tests/pipelines/test_shapes_single_env.py runs it for two rounds.
 """
 
 import os
@@ -55,7 +56,7 @@ def test_quickstart_is_what_the_makefile_and_ci_run():
 
 def test_every_readme_command_is_known():
     known = re.compile(
-        r"^(make (run|test)|python3 -m venv \.venv|\.venv/bin/(pip|kedro|python) .*|export .*|kedro (registry list|run --pipelines \w+|viz build)"
+        r"^(make (run|test)|python3 -m venv \.venv|\.venv/bin/(pip|kedro|python) .*|export .*|kedro (registry list|run --pipelines \w+|run --env shapes_single|viz build)"
         r"|mlflow ui --backend-store-uri sqlite:///mlflow\.db|dvc (repro|metrics show|plots show|exp run -S .*|exp show"
         r"|remote add -d storage .*|push|pull|unfreeze pretrain && dvc repro pretrain))$"
     )

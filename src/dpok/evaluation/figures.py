@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import textwrap
 from collections.abc import Sequence
 
 import numpy as np
@@ -36,7 +37,12 @@ def image_grid(
     for r, row in enumerate(rows):
         y = top + gap + r * (cell_h + gap)
         if row_labels:
-            draw.text((4, y + cell_h // 2 - 6), str(row_labels[r])[: label_width // 6], fill=(0, 0, 0), font=font)
+            # Wrapped, not cut: a prompt's last word ("bottom", "circle") is often the one that matters.
+            lines = textwrap.wrap(str(row_labels[r]), width=max(1, label_width // 6)) or [""]
+            line_height = 12
+            first = y + cell_h // 2 - (line_height * len(lines)) // 2
+            for i, line in enumerate(lines):
+                draw.text((4, first + i * line_height), line, fill=(0, 0, 0), font=font)
         for c, image in enumerate(row):
             tile = Image.fromarray(np.asarray(image, dtype=np.uint8)).resize((cell_w, cell_h), Image.NEAREST)
             canvas.paste(tile, (left + gap + c * (cell_w + gap), y))

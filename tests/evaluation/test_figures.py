@@ -1,0 +1,27 @@
+import numpy as np
+
+from dpok.evaluation.figures import image_grid
+
+ROW = np.full((2, 32, 32, 3), 200, dtype=np.uint8)
+
+
+def _label_pixels(label: str) -> np.ndarray:
+    grid = np.asarray(image_grid([ROW], row_labels=[label], label_width=120))
+    return grid[:, :120]
+
+
+def test_long_row_labels_are_wrapped_not_cut():
+    # 120 px of label fit 20 characters per line: the end of this prompt used to be dropped.
+    short = "[train/location] a blue square at"
+    full = short + " the bottom"
+    assert not np.array_equal(_label_pixels(full), _label_pixels(short[:20]))
+    assert not np.array_equal(_label_pixels(full), _label_pixels(short))
+
+
+def test_label_lines_stay_inside_their_row():
+    grid = np.asarray(image_grid([ROW, ROW], row_labels=["a" * 50, "b"], label_width=120, gap=2))
+    cell_h = 32 * 3
+    first_row_labels = grid[2 : 2 + cell_h, :120]
+    assert (first_row_labels < 128).any()
+    # nothing of the first label spills into the gap rows between the two rows
+    assert (grid[2 + cell_h : 4 + cell_h, :120] > 250).all()
