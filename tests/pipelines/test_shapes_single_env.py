@@ -13,23 +13,16 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from kedro.config import OmegaConfigLoader
 from kedro.framework.project import pipelines
 from kedro.framework.startup import bootstrap_project
 
 from dpok.prompts import PromptsConfig, load_prompt_table
-from dpok.settings import CONFIG_LOADER_ARGS
+from test_sd15_env import load_config  # same folder: the environment loader the sd15 checks use
 
 ROOT = Path(__file__).resolve().parents[2]
 ENV_NAME = "shapes_single"
 # The base model is an input of this environment; pretrain (and its report) is not part of the run.
 RUN_PIPELINES = ("prompts", "pretrained", "finetune", "evaluate", "human_eval_import")
-
-
-def _load(env: str, runtime_params: dict | None = None) -> OmegaConfigLoader:
-    return OmegaConfigLoader(
-        conf_source=str(ROOT / "conf"), env=env, runtime_params=runtime_params or {}, **CONFIG_LOADER_ARGS
-    )
 
 
 def _file_path(entry) -> str | None:
@@ -46,7 +39,7 @@ def _file_path(entry) -> str | None:
 @pytest.fixture(scope="module")
 def configs():
     bootstrap_project(ROOT)
-    base, single = _load("local"), _load(ENV_NAME)
+    base, single = load_config(ROOT, "local"), load_config(ROOT, ENV_NAME)
     return base["catalog"], single["catalog"], base["parameters"], single["parameters"]
 
 
@@ -74,9 +67,8 @@ def test_parameters_differ_from_base_only_in_rounds_checkpoints_and_prompt_file(
     _, _, base, single = configs
     assert single["finetune"]["checkpoint_dir"] == "data/06_models/shapes_single/checkpoints"
     assert single["finetune"]["rl"]["num_rounds"] == 60
-    for key in ("checkpoint_dir",):
-        base["finetune"].pop(key), single["finetune"].pop(key)
-    base["finetune"]["rl"].pop("num_rounds"), single["finetune"]["rl"].pop("num_rounds")
+    for params in (base, single):
+        del params["finetune"]["checkpoint_dir"], params["finetune"]["rl"]["num_rounds"]
     assert single["finetune"] == base["finetune"]
     assert {k: v for k, v in single["prompts"].items() if k != "path"} == {
         k: v for k, v in base["prompts"].items() if k != "path"
