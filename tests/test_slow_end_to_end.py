@@ -8,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -61,3 +62,23 @@ def test_single_prompt_environment_lifts_the_judge_as_the_readme_says(clone):
     assert quality["finetuned"]["mean"] >= 0.95 * quality["base"]["mean"], quality
     status = subprocess.run(["git", "status", "--porcelain"], cwd=clone, capture_output=True, text=True).stdout
     assert status == "", status  # its outputs are ignored folders, apart from the default run's
+
+
+def test_default_run_improves_the_training_prompts_as_the_readme_says(clone):
+    """`kedro run` (prompts → pretrained → finetune → evaluate) on a fresh clone: the numbers README gives for
+    the default multi-prompt run (+0.120 [+0.072, +0.170] on the training prompts, quality 0.99×, held out
+    +0.109, 732 s of rounds). The goal is +0.15; this checks what was reached, with room for run-to-run
+    noise, so that a regression fails."""
+    out, seconds = sh("kedro run", clone)
+    history = pd.read_csv(clone / "data/08_reporting/finetune_history.csv")
+    finetune_seconds = float(history.filter(like="seconds_").to_numpy().sum())
+    print(f"kedro run: {seconds:.0f} s, of which the finetune rounds {finetune_seconds:.0f} s")
+    assert finetune_seconds < 15 * 60
+    metrics = json.loads((clone / "data/08_reporting/metrics.json").read_text())["per_split"]
+    train, heldout = metrics["train"], metrics["heldout"]
+    judge = train["shapes_judge"]["difference"]
+    assert judge["mean"] >= 0.09 and judge["ci_low"] >= 0.05, judge
+    quality = train["shapes_quality"]
+    assert quality["finetuned"]["mean"] >= 0.95 * quality["base"]["mean"], quality
+    assert heldout["shapes_judge"]["difference"]["mean"] >= -0.02, heldout["shapes_judge"]
+    assert (clone / "data/08_reporting/finetune_reward_curves.png").is_file()

@@ -25,3 +25,23 @@ def test_label_lines_stay_inside_their_row():
     assert (first_row_labels < 128).any()
     # nothing of the first label spills into the gap rows between the two rows
     assert (grid[2 + cell_h : 4 + cell_h, :120] > 250).all()
+
+
+def test_training_reward_curves_draw_a_line_per_category_and_refuse_bad_tables():
+    import pandas as pd
+    import pytest
+
+    from dpok.evaluation.history import training_reward_curves
+
+    rng = np.random.default_rng(0)
+    rows = [(r, p, c, float(rng.random() < 0.3 + 0.005 * r)) for r in range(1, 81)
+            for p, c in (("a red circle", "color"), ("two blue squares", "count")) for _ in range(4)]
+    table = pd.DataFrame(rows, columns=["round", "prompt", "category", "reward"])
+    one = np.asarray(training_reward_curves(table, trajectories_per_round=8))
+    only_colour = np.asarray(training_reward_curves(table[table["category"] == "color"], trajectories_per_round=8))
+    assert one.shape[2] == 3 and one.shape[1] > one.shape[0]
+    assert not np.array_equal(one, only_colour)
+    with pytest.raises(ValueError, match="reward"):
+        training_reward_curves(table.drop(columns="reward"), trajectories_per_round=8)
+    with pytest.raises(ValueError, match="empty"):
+        training_reward_curves(table.iloc[:0], trajectories_per_round=8)

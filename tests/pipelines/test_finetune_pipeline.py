@@ -15,6 +15,7 @@ from kedro.runner import SequentialRunner
 from dpok.models import ModelSourceError, load_lora, load_pipeline
 from dpok.pipelines.finetune import create_pipeline
 from dpok.pipelines.finetune.nodes import FinetuneRunConfig, validate_finetune_params
+from dpok.rl import FinetuneConfig
 from dpok.rewards import UnknownRewardError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -109,12 +110,21 @@ def test_two_rounds_on_the_shipped_model_write_a_lora_stock_diffusers_loads(tmp_
     catalog["lora"] = LoraWeightsDataset(path=str(tmp_path / "lora"))
     catalog["finetune_history"] = CSVDataset(filepath=str(tmp_path / "history.csv"))
     catalog["finetune_curves"] = ImageDataset(filepath=str(tmp_path / "curves.png"))
+    catalog["finetune_rewards"] = CSVDataset(filepath=str(tmp_path / "rewards.csv"))
+    catalog["finetune_reward_curves"] = ImageDataset(filepath=str(tmp_path / "reward_curves.png"))
     SequentialRunner().run(create_pipeline(), catalog)
 
     history = catalog.load("finetune_history")
     assert history["round"].tolist() == [1, 2]
     assert np.isfinite(history["reward_mean"]).all() and np.isfinite(history["kl_bound_nats"]).all()
     assert catalog.load("finetune_curves").size[0] > 100
+    rewards = catalog.load("finetune_rewards")  # one row per sampled trajectory, with its prompt's category
+    rl = FinetuneConfig.from_dict(params["rl"])
+    assert len(rewards) == 2 * rl.g_batch and rewards["round"].value_counts().to_dict() == {1: rl.g_batch, 2: rl.g_batch}
+    train = pd.read_csv(ROOT / "data/01_raw/prompts/shapes_eval.csv").query("split == 'train'")
+    assert set(rewards["prompt"]) <= set(train["prompt"])
+    assert (rewards["category"] == rewards["prompt"].map(dict(zip(train["prompt"], train["category"])))).all()
+    assert catalog.load("finetune_reward_curves").size[0] > 100
     assert len(list((tmp_path / "checkpoints").iterdir())) >= 1
 
     def sample(pipe):

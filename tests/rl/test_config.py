@@ -50,8 +50,14 @@ def test_exact_message_for_a_bad_learning_rate():
         ({"keep_last_checkpoints": 0}, "keep_last_checkpoints"),
         ({"per_prompt_min_count": 40, "per_prompt_window": 32}, "per_prompt_min_count"),
         ({"per_prompt_scale": "batch"}, "per_prompt_scale"),
-        ({"train_timestep_fraction": 0.0}, "train_timestep_fraction"),
-        ({"train_timestep_fraction": 1.5}, "train_timestep_fraction"),
+        ({"train_step_window": [0.5, 0.5]}, "train_step_window"),
+        ({"train_step_window": [0.0, 1.5]}, "train_step_window"),
+        ({"train_step_window": 0.9}, "train_step_window"),
+        ({"step_weighting": "sqrt"}, "step_weighting"),
+        ({"value_features": "pixels"}, "value_features"),
+        ({"reward_normalisation": "batch"}, "reward_normalisation"),
+        ({"reward_normalisation": "group", "trajectories_per_prompt": 1}, "trajectories_per_prompt"),
+        ({"share_initial_noise": "yes"}, "share_initial_noise"),
     ],
 )
 def test_invalid_values_are_refused_naming_the_key(overrides, key):

@@ -52,7 +52,7 @@ def test_rounds_run_report_metrics_and_keep_the_last_checkpoints(
 
 
 def test_resumed_run_equals_the_uninterrupted_run(make_pipeline, prompts, reward_fn, small_config, tmp_path):
-    overrides = dict(checkpoint_every=2, per_prompt_normalisation=True, per_prompt_min_count=2, per_prompt_window=4)
+    overrides = dict(checkpoint_every=2, reward_normalisation="per_prompt", per_prompt_min_count=2, per_prompt_window=4)
     straight = train_dpok(
         make_pipeline(), prompts, reward_fn, small_config(num_rounds=4, **overrides), tmp_path / "straight",
         progress=False,
@@ -176,7 +176,7 @@ def test_reward_increases_on_an_easy_reward(make_pipeline, reward_fn, small_conf
     config = small_config(
         num_rounds=12, g_batch=16, num_inference_steps=6, p_batch=32, accum=1, p_step=4, buffer_size=256,
         learning_rate=3e-3, clip_range=0.05, kl_weight=0.0, use_value_function=False, reward_weight=1.0,
-        per_prompt_normalisation=True, checkpoint_every=12, kl_report_trajectories=1,
+        reward_normalisation="per_prompt", checkpoint_every=12, kl_report_trajectories=1,
     )
     pipeline = make_pipeline()
     result = train_dpok(pipeline, ["a red circle"], reward_fn, config, tmp_path, progress=False)
@@ -210,16 +210,15 @@ def test_baselines_are_the_value_of_each_buffered_transition():
     )
     value_fn = ValueFunction((4, 2, 2), text_dim=8, num_steps=steps)
     buffer = TransitionBuffer(capacity=64)
-    buffer.push(trajectory, np.zeros(b), _baselines(value_fn, trajectory, torch.device("cpu")))
+    buffer.push(trajectory, np.zeros(b), _baselines(value_fn, trajectory, 0, None, torch.device("cpu")))
     batch = buffer.get(torch.arange(b * steps))
     with torch.no_grad():
         expected = value_fn(batch.latents, batch.step_indices, prompt_text_feature(batch.prompt_embeds))
     torch.testing.assert_close(batch.baselines, expected)
 
 
-def test_train_timestep_fraction_keeps_the_earliest_steps():
+def test_a_step_window_keeps_those_steps_only():
     from dpok.rl import Trajectory
-    from dpok.rl.trainer import _earliest_steps
 
     b, steps = 2, 5
     trajectory = Trajectory(
@@ -228,8 +227,12 @@ def test_train_timestep_fraction_keeps_the_earliest_steps():
         noise_preds=torch.zeros(b, steps, 1, 1, 1), prompt_embeds=torch.zeros(b, 3, 8), negative_prompt_embeds=None,
         images=None, guidance_scale=1.0, eta=1.0,
     )
-    assert _earliest_steps(trajectory, 1.0) is trajectory
-    cut = _earliest_steps(trajectory, 0.4)  # 2 of 5 steps: x_T → x_{T−1} → x_{T−2}
+    assert trajectory.window(0, steps) is trajectory
+    cut = trajectory.window(0, 2)  # x_T → x_{T−1} → x_{T−2}
     assert cut.num_steps == 2 and cut.latents.shape[1] == 3
     assert cut.timesteps.tolist() == [50, 40] and cut.log_probs.tolist() == [[0.0, 1.0], [5.0, 6.0]]
-    assert _earliest_steps(trajectory, 0.01).num_steps == 1
+    late = trajectory.window(3, 5)  # the last two steps: x_2 → x_1 → x_0
+    assert late.timesteps.tolist() == [20, 10] and late.log_probs.tolist() == [[3.0, 4.0], [8.0, 9.0]]
+    assert late.latents[:, :, 0, 0, 0].tolist() == [[3.0, 4.0, 5.0], [9.0, 10.0, 11.0]]
+    with pytest.raises(ValueError, match="window"):
+        trajectory.window(2, 2)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 from PIL import Image
 
@@ -29,3 +30,53 @@ def learning_curves(history: pd.DataFrame, title: str = "DPOK fine-tuning") -> I
     if not series:
         raise ValueError(f"the finetune history has none of the curve columns {list(CURVE_COLUMNS)}")
     return curves_figure(series, title=title, xlabel="round")
+
+
+def training_reward_curves(
+    rewards: pd.DataFrame, trajectories_per_round: int, window: int | None = None, title: str = "Training reward"
+) -> Image.Image:
+    """The reward of every sampled trajectory, smoothed, against trajectories sampled: all prompts, and
+    one line per category (or per prompt when there are no categories).
+
+    ``rewards`` has one row per trajectory: ``round``, ``prompt``, ``reward`` and optionally ``category``.
+    Each line is the running mean of that group's last ``window`` trajectories (default: a sixth of the
+    run, at least 32), so a reader sees learning rather than round-to-round noise; the faint line is each
+    round's mean.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from dpok.evaluation.figures import figure_to_image
+
+    missing = {"round", "prompt", "reward"} - set(rewards.columns)
+    if missing:
+        raise ValueError(f"the training rewards table lacks the columns {sorted(missing)}")
+    if rewards.empty:
+        raise ValueError("the training rewards table is empty: no round was trained")
+    window = window or max(32, len(rewards) // 6)
+    by = "category" if "category" in rewards.columns and rewards["category"].notna().all() else "prompt"
+    ordered = rewards.sort_values("round", kind="stable").reset_index(drop=True)
+    ordered["sampled"] = np.arange(1, len(ordered) + 1)
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    per_round = ordered.groupby("round")["reward"].mean()
+    axes[0].plot(per_round.index * trajectories_per_round, per_round.values, lw=0.6, alpha=0.35, color="gray",
+                 label="mean of each round")
+    smoothed = ordered["reward"].rolling(window, min_periods=max(1, window // 4)).mean()
+    axes[0].plot(ordered["sampled"], smoothed, lw=1.8, color="black", label=f"running mean of {window}")
+    axes[0].set_title("all training prompts")
+    axes[0].legend(loc="lower right", fontsize=8)
+    half = max(1, window // 2)
+    for name, group in ordered.groupby(by, sort=True):
+        running = group["reward"].rolling(half, min_periods=max(1, half // 4)).mean()
+        axes[1].plot(group["sampled"], running, lw=1.4, label=str(name)[:32])
+    axes[1].set_title(f"per {by} (running mean of its last {half})")
+    axes[1].legend(loc="lower right", fontsize=7)
+    for ax in axes:
+        ax.set_xlabel("trajectories sampled")
+        ax.set_ylabel("reward")
+        ax.grid(alpha=0.3)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return figure_to_image(fig)

@@ -74,7 +74,7 @@ def build_text_encoder(config: dict[str, Any], tokenizer: CLIPTokenizer) -> CLIP
 
 def build_ddim_scheduler(config: dict[str, Any] | None = None) -> DDIMScheduler:
     """Stable Diffusion's DDIM settings: scaled-linear betas, no sample clipping, and
-    ``set_alpha_to_one=False`` with ``steps_offset=1`` so the last step keeps σ_t > 0 (DPOK.md, "Trap")."""
+    ``set_alpha_to_one=False`` with ``steps_offset=1`` so the last step keeps σ_t > 0 (docs/algorithm.md §2)."""
     defaults = dict(
         num_train_timesteps=1000,
         beta_start=0.00085,

@@ -1,4 +1,4 @@
-"""The ``aesthetic`` reward: the LAION aesthetic predictor on CLIP ViT-L/14 (DPOK.md §7, the quality proxy).
+"""The ``aesthetic`` reward: the LAION aesthetic predictor on CLIP ViT-L/14 (docs/algorithm.md §7, the quality proxy).
 
 Prompt-free: prompts are only counted against images. Paths are checked when the reward is built; the
 CLIP model and the MLP load on the first call. Combine it with others by weight, e.g.

@@ -1,4 +1,4 @@
-"""The ``imagereward`` reward: THUDM's ImageReward v1.0 (DPOK.md §7), from local files or hub ids.
+"""The ``imagereward`` reward: THUDM's ImageReward v1.0 (docs/algorithm.md §7), from local files or hub ids.
 
 The model (:mod:`dpok.models.imagereward`) loads the official ``ImageReward.pt`` strictly. Paths are
 checked when the reward is built (so ``kedro run`` fails at parameter validation, naming the option);

@@ -1,4 +1,4 @@
-"""DPOK (Fan et al., NeurIPS 2023) as a library: one concept per module, reading like DPOK.md.
+"""DPOK (Fan et al., NeurIPS 2023) as a library: one concept per module, reading like docs/algorithm.md.
 
 - :mod:`~dpok.rl.sampling`: the DDIM η step with its log-probability, trajectories (§2)
 - :mod:`~dpok.rl.kl`: the per-step KL and its bound, the adapter-disabled reference model (§3)

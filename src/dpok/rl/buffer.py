@@ -1,7 +1,8 @@
-"""FIFO buffer of denoising transitions (DPOK.md §4, step 2).
+"""FIFO buffer of denoising transitions (docs/algorithm.md §4, step 2).
 
-A transition is ``(z, x_t, x_{t−1}, t, step index, log p_old, r, b)``, where ``b`` is the baseline the
-advantage subtracts (the value function's prediction when the transition arrived; 0 without one). The
+A transition is ``(z, x_t, x_{t−1}, t, step index, log p_old, r, b, f)``, where ``b`` is the baseline the
+advantage subtracts (the value function's prediction when the transition arrived; 0 without one) and
+``f`` the value function's extra input features of ``x_t`` (for example Tweedie's x̂_0; may be empty). The
 buffer holds at most ``capacity`` of them; pushing more drops the oldest. Prompt embeddings are not
 copied per transition: each distinct prompt gets one row in a small table (conditional and unconditional
 embeddings) and a transition stores the row's index. The text encoder is frozen in DPOK, so a prompt's
@@ -21,7 +22,8 @@ import torch
 from dpok.rl.sampling import Trajectory
 
 _PER_TRANSITION = (
-    "latents", "next_latents", "timesteps", "step_indices", "log_probs", "rewards", "baselines", "prompt_index",
+    "latents", "next_latents", "timesteps", "step_indices", "log_probs", "rewards", "baselines", "value_features",
+    "prompt_index",
 )
 
 
@@ -38,6 +40,7 @@ class TransitionBatch:
     log_probs: torch.Tensor
     rewards: torch.Tensor
     baselines: torch.Tensor
+    value_features: torch.Tensor
     prompts: list[str]
 
     def __len__(self) -> int:
@@ -95,10 +98,15 @@ class TransitionBuffer:
         trajectory: Trajectory,
         rewards: np.ndarray | torch.Tensor,
         baselines: torch.Tensor | None = None,
+        *,
+        first_step: int = 0,
+        value_features: torch.Tensor | None = None,
     ) -> None:
         """Add every transition of ``trajectory`` (trajectory-major, then step order) with its reward.
 
         ``baselines``: one per transition, shape (B, T) or (B·T,), in the same order; zeros if None.
+        ``first_step``: the schedule position of the trajectory's first step (for a window of steps).
+        ``value_features``: (B·T, F) extra value-function inputs in the same order; none if None.
         """
         batch, steps = trajectory.batch_size, trajectory.num_steps
         rewards = torch.as_tensor(np.asarray(rewards, dtype=np.float32)).reshape(-1)
@@ -109,16 +117,20 @@ class TransitionBuffer:
         baselines = torch.as_tensor(baselines).detach().cpu().float().reshape(-1)
         if baselines.shape[0] != batch * steps:
             raise ValueError(f"got {baselines.shape[0]} baselines for {batch * steps} transitions")
+        if value_features is None:
+            value_features = torch.zeros(batch * steps, 0)
+        value_features = torch.as_tensor(value_features).detach().cpu().float().reshape(batch * steps, -1)
         latents = trajectory.latents.detach().cpu()
         shape = latents.shape[2:]
         new = {
             "latents": latents[:, :-1].reshape(batch * steps, *shape),
             "next_latents": latents[:, 1:].reshape(batch * steps, *shape),
             "timesteps": trajectory.timesteps.detach().cpu().long().repeat(batch),
-            "step_indices": torch.arange(steps).repeat(batch),
+            "step_indices": (first_step + torch.arange(steps)).repeat(batch),
             "log_probs": trajectory.log_probs.detach().cpu().float().reshape(-1),
             "rewards": rewards.repeat_interleave(steps),
             "baselines": baselines,
+            "value_features": value_features,
             "prompt_index": self._prompt_rows(trajectory).repeat_interleave(steps),
         }
         if not self._storage:
@@ -127,6 +139,8 @@ class TransitionBuffer:
             raise ValueError(
                 f"latent shape {tuple(shape)} differs from the buffer's {tuple(self._storage['latents'].shape[1:])}"
             )
+        elif self._storage["value_features"].shape[1:] != new["value_features"].shape[1:]:
+            raise ValueError("value features differ in size from those already in the buffer")
         n = batch * steps
         if n > self.capacity:  # only the newest `capacity` survive
             new = {k: v[-self.capacity :] for k, v in new.items()}
@@ -187,8 +201,6 @@ class TransitionBuffer:
         self._table_cond = tensors["table_prompt_embeds"].clone()
         uncond = tensors.get("table_negative_prompt_embeds")
         self._table_uncond = None if uncond is None else uncond.clone()
-        tensors = dict(tensors)
-        tensors.setdefault("baselines", torch.zeros(size))  # checkpoints written before baselines existed
         self._storage = {
             key: torch.zeros((self.capacity, *tensors[key].shape[1:]), dtype=tensors[key].dtype)
             for key in _PER_TRANSITION

@@ -10,7 +10,8 @@ Layout of one checkpoint (tensors in safetensors, the rest in JSON; optimiser st
     buffer.safetensors             transitions + prompt-embedding table (absent when empty)
     rng.safetensors                torch CPU (and CUDA) generator states
     state.json                     round, history, config, buffer metadata, reward normaliser,
-                                   numpy and python RNG states; written last
+                                   every trajectory's [round, prompt, reward], numpy and python RNG
+                                   states; written last
 
 A checkpoint is written into a hidden temporary folder inside ``root`` and then renamed into place with
 ``os.replace``, so a ``round_*`` folder is always complete; a crash leaves at most a ``.tmp_*`` folder,
@@ -35,7 +36,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: buffer transitions carry value_features; no pre-baseline shim
 STATE_FILE = "state.json"
 _NAME = re.compile(r"^round_(\d{6,})$")
 _PARTIAL_PREFIXES = (".tmp_round_", ".old_round_")
@@ -55,6 +56,7 @@ class TrainingState:
     value_function: dict[str, torch.Tensor] | None = None
     value_optimizer: dict[str, Any] | None = None
     reward_normaliser: dict[str, Any] | None = None
+    reward_log: list[list[Any]] | None = None
 
 
 def checkpoint_name(round_number: int) -> str:
@@ -182,6 +184,7 @@ def save_checkpoint(root: str | Path, state: TrainingState) -> Path:
             "config": state.config,
             "buffer_meta": state.buffer["meta"],
             "reward_normaliser": state.reward_normaliser,
+            "reward_log": state.reward_log or [],
             "rng": {"numpy": state.rng["numpy"], "python": state.rng["python"]},
         }
         (tmp / STATE_FILE).write_text(json.dumps(document, indent=1))
@@ -228,4 +231,5 @@ def load_checkpoint(path: str | Path) -> TrainingState:
             torch.load(path / "value_optimizer.pt", weights_only=True, map_location="cpu") if has_value else None
         ),
         reward_normaliser=document["reward_normaliser"],
+        reward_log=document["reward_log"],
     )

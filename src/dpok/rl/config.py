@@ -1,22 +1,25 @@
 """``FinetuneConfig``: every hyperparameter of a DPOK run, named, documented and validated.
 
 Defaults run on the shapes world's tiny base model (8×8×4 latents) on a CPU; the paper's values for
-Stable Diffusion v1.5 are in DPOK.md §5 (``conf/sd15``).
+Stable Diffusion v1.5 are in docs/algorithm.md §6 (``conf/sd15``).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from dpok.rl.kl import KL_FORMS
-from dpok.rl.losses import CLIP_MODES, NORMALISATION_SCALES
+from dpok.rl.losses import CLIP_MODES, NORMALISATION_SCALES, REWARD_NORMALISATIONS
 
 SHAPES_LORA_TARGETS = (
     "to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2", "conv1", "conv2",
 )
 
 MIXED_PRECISION_MODES = ("no", "fp16", "bf16")
+STEP_WEIGHTINGS = ("none", "equalise")
+VALUE_FEATURES = ("latent", "tweedie", "tweedie_reward")
 
 # May differ between a checkpoint and the run resuming from it; any other change is refused on resume.
 # mixed_precision and gradient_checkpointing are hardware knobs: a run may resume on another machine.
@@ -34,9 +37,11 @@ class FinetuneConfig:
         seed: Seeds everything: prompt choice, sampling noise, minibatch draws, LoRA and value-net init.
         num_rounds: Rounds of sample → reward → value steps → policy steps.
         g_batch: Trajectories sampled per round (prompts drawn uniformly, with replacement).
-        trajectories_per_prompt: Trajectories per drawn prompt in a round (g_batch / this many prompts are
-            drawn). Above 1, each prompt's rewards are compared within the round (with
-            per_prompt_normalisation), as DDPO's per-prompt statistics and GRPO's groups do.
+        trajectories_per_prompt: Trajectories per drawn prompt in a round, a *group* (g_batch / this many
+            prompts are drawn). Above 1, each prompt's rewards can be compared within the round
+            (``reward_normalisation``), as DDPO's per-prompt statistics and GRPO's groups do.
+        share_initial_noise: The trajectories of a group start from the same x_T (DanceGRPO), so their
+            rewards differ only by the policy's own choices along the way.
         sample_batch_size: Trajectories per sampler call (memory knob); None samples all g_batch at once.
             Each trajectory has its own noise stream, so this does not change the samples.
         num_inference_steps: DDIM steps T per trajectory.
@@ -55,23 +60,36 @@ class FinetuneConfig:
         kl_form: ``"exact"`` (Gaussian KL in nats) or ``"eps_mse"`` (official mean((ε̄_θ − ε̄_pre)²)).
         clip_mode: ``"ppo"`` (max(−Aρ, −A·clip(ρ))) or ``"dpok_clamp"`` (official −A·clamp(ρ)).
         clip_range: ε of the ratio clip [1−ε, 1+ε] (official 1e-4 is for SD's 16 384-element latents).
-        train_timestep_fraction: Share of each trajectory's steps, the earliest (noisiest) first, whose
-            transitions enter the buffer and train the policy (DDPO's ``timestep_fraction``); 1 = all.
+        train_step_window: ``[start, stop]`` as fractions of the schedule (0 = the first, noisiest step):
+            steps ``ceil(start·T)`` to ``ceil(stop·T) − 1`` enter the buffer and train the policy
+            ([0, f] is DDPO's ``timestep_fraction`` f); [0, 1] = all.
+        step_weighting: ``"none"``, or ``"equalise"``: each transition's surrogate is multiplied by
+            mean_s(|c_s|/σ_s) / (|c_t|/σ_t), so every step's policy-gradient term has the same scale.
+            Without it, SD's last step (|c_t|/σ_t ≈ 5 against ≈ 1) owns most of the gradient although the
+            layout is decided in the first steps (``dpok.rl.sampling.policy_gradient_scale``).
         buffer_size: FIFO buffer capacity in transitions.
         p_batch: Transitions per policy micro-batch.
         accum: Micro-batches accumulated per policy step.
         p_step: Policy steps per round.
         use_value_function: Learn V_φ and use A = α·(r − V); otherwise A = α·r. V is evaluated on a
             transition when it enters the buffer, before V_φ is fitted on its reward (see the trainer).
+        value_features: What V_φ sees besides the prompt and step: ``"latent"`` (x_t, the paper),
+            ``"tweedie"`` (x_t and Tweedie's x̂_0), ``"tweedie_reward"`` (those and the reward of the image
+            decoded from x̂_0, standardised like the final reward; one extra decode and reward call per
+            trained transition).
         value_learning_rate: AdamW learning rate of the value function.
         value_batch_size: Transitions per value step.
         value_steps: Value steps per round (before the policy steps).
-        per_prompt_normalisation: Standardise rewards per prompt (DDPO) before the advantage.
-        per_prompt_window: Rewards remembered per prompt for that standardisation.
+        reward_normalisation: How rewards are standardised before the advantage: ``"none"`` (the paper),
+            ``"per_prompt"`` (DDPO: each prompt's last ``per_prompt_window`` rewards) or ``"group"``
+            (GRPO: the round's trajectories of the same prompt draw; a group whose rewards are all equal
+            teaches nothing and is left out of the buffer).
+        per_prompt_window: Rewards remembered per prompt for the ``per_prompt`` standardisation.
         per_prompt_min_count: Below this many rewards a prompt uses the batch's statistics.
-        per_prompt_scale: What the per-prompt-centred reward is divided by: ``"prompt"``, the prompt's
-            own std (DDPO), or ``"pooled"``, the std of all prompts' remembered rewards, so that nearly
-            solved prompts (tiny std) do not get huge advantages for one unlucky sample.
+        per_prompt_scale: What the centred reward is divided by: ``"prompt"``, the prompt's (or group's)
+            own std (DDPO, GRPO), or ``"pooled"``, the std of all prompts' remembered (or the round's
+            group-centred) rewards, so that nearly solved prompts (tiny std) do not get huge advantages
+            for one unlucky sample.
         kl_report_trajectories: Fresh trajectories per round on which the exact KL bound is reported
             (0 skips the report; the metric is then NaN).
         checkpoint_every: Write a checkpoint every this many rounds (and after the last round).
@@ -91,6 +109,7 @@ class FinetuneConfig:
     num_rounds: int = 50
     g_batch: int = 16
     trajectories_per_prompt: int = 1
+    share_initial_noise: bool = False
     sample_batch_size: int | None = None
     num_inference_steps: int = 20
     guidance_scale: float = 3.0
@@ -106,7 +125,8 @@ class FinetuneConfig:
     kl_form: str = "eps_mse"
     clip_mode: str = "ppo"
     clip_range: float = 1e-2
-    train_timestep_fraction: float = 1.0
+    train_step_window: tuple[float, float] = (0.0, 1.0)
+    step_weighting: str = "none"
     buffer_size: int = 1000
     p_batch: int = 32
     accum: int = 2
@@ -115,7 +135,8 @@ class FinetuneConfig:
     value_learning_rate: float = 1e-4
     value_batch_size: int = 128
     value_steps: int = 5
-    per_prompt_normalisation: bool = False
+    value_features: str = "latent"
+    reward_normalisation: str = "none"
     per_prompt_window: int = 32
     per_prompt_min_count: int = 8
     per_prompt_scale: str = "prompt"
@@ -170,9 +191,16 @@ class FinetuneConfig:
         number("reward_weight", gt=0)
         number("kl_weight", ge=0)
         number("clip_range", gt=0, lt=1)
-        number("train_timestep_fraction", gt=0, le=1)
+        window = self.train_step_window
+        if (
+            not isinstance(window, (list, tuple)) or len(window) != 2
+            or any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in window)
+            or not 0 <= window[0] < window[1] <= 1
+        ):
+            fail("train_step_window", "[start, stop] with 0 <= start < stop <= 1")
+        object.__setattr__(self, "train_step_window", (float(window[0]), float(window[1])))
         number("value_learning_rate", gt=0)
-        for name in ("use_value_function", "per_prompt_normalisation", "resume", "gradient_checkpointing"):
+        for name in ("use_value_function", "share_initial_noise", "resume", "gradient_checkpointing"):
             boolean(name)
         if self.mixed_precision is False:
             # YAML 1.1 reads an unquoted `no` as false, and tools that rewrite parameter files (`dvc exp
@@ -189,6 +217,13 @@ class FinetuneConfig:
             fail("kl_form", f"one of {list(KL_FORMS)}")
         if self.clip_mode not in CLIP_MODES:
             fail("clip_mode", f"one of {list(CLIP_MODES)}")
+        for name, choices in (("step_weighting", STEP_WEIGHTINGS), ("value_features", VALUE_FEATURES),
+                              ("reward_normalisation", REWARD_NORMALISATIONS)):
+            if getattr(self, name) not in choices:
+                fail(name, f"one of {list(choices)}")
+        if self.reward_normalisation == "group" and self.trajectories_per_prompt < 2:
+            fail("trajectories_per_prompt", ">= 2 with reward_normalisation: group (a group of one has nothing to "
+                 "compare)")
         if self.per_prompt_scale not in NORMALISATION_SCALES:
             fail("per_prompt_scale", f"one of {list(NORMALISATION_SCALES)}")
         if self.p_batch > self.buffer_size:
@@ -213,4 +248,12 @@ class FinetuneConfig:
         """Plain JSON/YAML types (the target modules as a list)."""
         data = asdict(self)
         data["lora_target_modules"] = list(self.lora_target_modules)
+        data["train_step_window"] = list(self.train_step_window)
         return data
+
+    def train_steps(self) -> tuple[int, int]:
+        """The ``[first, stop)`` step indices of ``train_step_window`` (at least one step)."""
+        steps = self.num_inference_steps
+        start = min(steps - 1, math.ceil(self.train_step_window[0] * steps - 1e-9))
+        stop = max(start + 1, math.ceil(self.train_step_window[1] * steps - 1e-9))
+        return start, stop

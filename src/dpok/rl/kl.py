@@ -1,4 +1,4 @@
-"""The KL regulariser of DPOK.md §3 and the adapter switch that gives the pretrained model.
+"""The KL regulariser of docs/algorithm.md §3 and the adapter switch that gives the pretrained model.
 
 Both step distributions are Gaussians with the same σ_t, so the per-step KL is exact:
 ``KL_t = ‖μ_θ − μ_pre‖² / (2σ_t²)``, summed over the latent's elements (nats). Summed over the steps of

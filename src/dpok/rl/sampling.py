@@ -1,6 +1,6 @@
 """The stochastic DDIM sampler as a policy: one step with its log-probability, and whole trajectories.
 
-DPOK.md §2. A denoising step is the Gaussian ``p_θ(x_{t−1} | x_t, z) = N(μ_θ, σ_t² I)`` with
+docs/algorithm.md §2. A denoising step is the Gaussian ``p_θ(x_{t−1} | x_t, z) = N(μ_θ, σ_t² I)`` with
 
     x̂_0 = (x_t − sqrt(1 − ᾱ_t) · ε̄) / sqrt(ᾱ_t)
     σ_t = η · sqrt((1 − ᾱ_{t−1}) / (1 − ᾱ_t)) · sqrt(1 − ᾱ_t / ᾱ_{t−1})
@@ -21,7 +21,7 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -34,7 +34,7 @@ Generator = torch.Generator | list[torch.Generator] | None
 
 
 def _check_scheduler_config(scheduler: DDIMScheduler) -> None:
-    """Refuse configurations under which the step is not the Gaussian of DPOK.md §2."""
+    """Refuse configurations under which the step is not the Gaussian of docs/algorithm.md §2."""
     if not isinstance(scheduler, DDIMScheduler):
         raise ValueError(
             f"DPOK's log-probabilities are those of the DDIM sampler; got a {type(scheduler).__name__}. "
@@ -84,6 +84,39 @@ def _alpha_products(
     return pair[0].reshape(shape), pair[1].reshape(shape)
 
 
+def _original_and_epsilon(scheduler, model_output, sample, alpha_t) -> tuple[torch.Tensor, torch.Tensor]:
+    beta_t = 1 - alpha_t
+    if scheduler.config.prediction_type == "epsilon":
+        return (sample - beta_t**0.5 * model_output) / alpha_t**0.5, model_output
+    # v_prediction
+    return alpha_t**0.5 * sample - beta_t**0.5 * model_output, alpha_t**0.5 * model_output + beta_t**0.5 * sample
+
+
+def predicted_original_sample(
+    scheduler: DDIMScheduler, model_output: torch.Tensor, timestep: int | torch.Tensor, sample: torch.Tensor
+) -> torch.Tensor:
+    """Tweedie's estimate x̂_0 of the final latent from ``x_t`` and the model's prediction (float32)."""
+    _check_scheduler_config(scheduler)
+    model_output, sample = model_output.float(), sample.float()
+    alpha_t, _ = _alpha_products(scheduler, timestep, sample)
+    return _original_and_epsilon(scheduler, model_output, sample, alpha_t)[0]
+
+
+def policy_gradient_scale(scheduler: DDIMScheduler, timesteps: torch.Tensor, eta: float = 1.0) -> torch.Tensor:
+    """|c_t|/σ_t of each step, shape (T,): how strongly the step's log-probability reacts to the model.
+
+    μ_θ is affine in the model's prediction with slope c_t (docs/algorithm.md §3), and
+    ∇_θ log p_θ(x_{t−1}|x_t) = (x_{t−1} − μ_θ)/σ_t² · c_t · ∇_θ ε̄ = (noise/σ_t) · c_t · ∇_θ ε̄, so a step's
+    policy-gradient term scales with |c_t|/σ_t. The slope is read off the step itself (μ at ε̄ = 1 minus
+    μ at ε̄ = 0), so it holds for ε- and v-prediction alike.
+    """
+    timesteps = torch.as_tensor(timesteps).reshape(-1)
+    zeros = torch.zeros(timesteps.shape[0], 1)
+    mean_at_zero, std = ddim_step_mean_std(scheduler, zeros, timesteps, zeros, eta)
+    mean_at_one, _ = ddim_step_mean_std(scheduler, torch.ones_like(zeros), timesteps, zeros, eta)
+    return ((mean_at_one - mean_at_zero).abs() / std).reshape(-1)
+
+
 def ddim_step_mean_std(
     scheduler: DDIMScheduler,
     model_output: torch.Tensor,
@@ -91,7 +124,7 @@ def ddim_step_mean_std(
     sample: torch.Tensor,
     eta: float = 1.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean μ and standard deviation σ_t of the DDIM step ``x_t → x_{t−1}`` (DPOK.md §2).
+    """Mean μ and standard deviation σ_t of the DDIM step ``x_t → x_{t−1}`` (docs/algorithm.md §2).
 
     ``timestep`` is a scalar or a tensor of shape (B,). Returns ``mean`` shaped like ``sample`` and
     ``std`` broadcastable against it: shape (B, 1, ..., 1) for batched timesteps, a 0-d tensor otherwise.
@@ -104,12 +137,7 @@ def ddim_step_mean_std(
     model_output, sample = model_output.float(), sample.float()
     alpha_t, alpha_prev = _alpha_products(scheduler, timestep, sample)
     beta_t = 1 - alpha_t
-    if scheduler.config.prediction_type == "epsilon":
-        pred_original_sample = (sample - beta_t**0.5 * model_output) / alpha_t**0.5
-        pred_epsilon = model_output
-    else:  # v_prediction
-        pred_original_sample = alpha_t**0.5 * sample - beta_t**0.5 * model_output
-        pred_epsilon = alpha_t**0.5 * model_output + beta_t**0.5 * sample
+    pred_original_sample, pred_epsilon = _original_and_epsilon(scheduler, model_output, sample, alpha_t)
     variance = ((1 - alpha_prev) / beta_t) * (1 - alpha_t / alpha_prev)
     std = eta * variance**0.5
     # clamp: rounding can make 1 − ᾱ_{t−1} − σ_t² a hair below zero at η = 1, which would give NaN
@@ -257,6 +285,35 @@ class Trajectory:
     def num_steps(self) -> int:
         return self.timesteps.shape[0]
 
+    def window(self, start: int, stop: int) -> Trajectory:
+        """Steps ``start`` to ``stop − 1`` only (0 = the first, noisiest step): the transitions that train."""
+        if not 0 <= start < stop <= self.num_steps:
+            raise ValueError(f"step window [{start}, {stop}) is not inside [0, {self.num_steps})")
+        if (start, stop) == (0, self.num_steps):
+            return self
+        return replace(
+            self,
+            latents=self.latents[:, start : stop + 1],
+            timesteps=self.timesteps[start:stop],
+            log_probs=self.log_probs[:, start:stop],
+            noise_preds=self.noise_preds[:, start:stop],
+        )
+
+    def subset(self, indices: Sequence[int]) -> Trajectory:
+        """The trajectories at ``indices`` (in that order)."""
+        rows = torch.as_tensor(list(indices), dtype=torch.long)
+        negative = self.negative_prompt_embeds
+        return replace(
+            self,
+            prompts=[self.prompts[i] for i in rows.tolist()],
+            latents=self.latents[rows],
+            log_probs=self.log_probs[rows],
+            noise_preds=self.noise_preds[rows],
+            prompt_embeds=self.prompt_embeds[rows],
+            negative_prompt_embeds=None if negative is None else negative[rows],
+            images=None if self.images is None else self.images[rows.numpy()],
+        )
+
     @classmethod
     def concatenate(cls, parts: Sequence[Trajectory]) -> Trajectory:
         """Join trajectory batches sampled with the same schedule along the batch dimension."""
@@ -283,6 +340,22 @@ class Trajectory:
 def images_to_uint8(images: np.ndarray) -> np.ndarray:
     """Float images in [0, 1] to uint8, rounding as diffusers' ``numpy_to_pil`` does."""
     return (np.clip(images, 0.0, 1.0) * 255).round().astype(np.uint8)
+
+
+@torch.no_grad()
+def decode_latents(pipeline, latents: torch.Tensor, generator: Generator = None) -> np.ndarray:
+    """Final latents to uint8 NHWC images, as the stock pipeline call decodes them."""
+    # The VAE decodes in its own dtype, as in the stock call: under the trainer's fp16 autocast its
+    # GroupNorms would run in float32 at full resolution (measured on an H100 with SD v1.5: a 9.1 GiB
+    # peak against the stock call's 6.1). The decoded image does not enter any log-probability.
+    device = latents.device
+    with torch.autocast(device.type, enabled=False):
+        latents_for_vae = (latents / pipeline.vae.config.scaling_factor).to(pipeline.vae.dtype)
+        decoded = pipeline.vae.decode(latents_for_vae, return_dict=False, generator=generator)[0]
+    decoded = pipeline.image_processor.postprocess(
+        decoded, output_type="np", do_denormalize=[True] * latents.shape[0]
+    )
+    return images_to_uint8(decoded)
 
 
 @torch.no_grad()
@@ -337,16 +410,7 @@ def sample_trajectories(
         all_log_probs.append(log_prob)
         all_noise_preds.append(noise_pred)
 
-    images = None
-    if output_type == "np":
-        # The VAE decodes in its own dtype, as in the stock call: under the trainer's fp16 autocast its
-        # GroupNorms would run in float32 at full resolution (measured on an H100 with SD v1.5: a 9.1 GiB
-        # peak against the stock call's 6.1). The decoded image does not enter any log-probability.
-        with torch.autocast(device.type, enabled=False):
-            latents_for_vae = (x / pipeline.vae.config.scaling_factor).to(pipeline.vae.dtype)
-            decoded = pipeline.vae.decode(latents_for_vae, return_dict=False, generator=generator)[0]
-        decoded = pipeline.image_processor.postprocess(decoded, output_type="np", do_denormalize=[True] * len(prompts))
-        images = images_to_uint8(decoded)
+    images = decode_latents(pipeline, x, generator) if output_type == "np" else None
 
     return Trajectory(
         prompts=prompts,

@@ -1,4 +1,9 @@
-"""The DPOK training loop (DPOK.md §4): rounds of sample → reward → buffer → value steps → policy steps.
+"""The DPOK training loop (docs/algorithm.md §4): rounds of sample → reward → buffer → value steps → policy steps.
+
+One round, :func:`_train_round`, reads as the algorithm: draw prompts and sample their trajectories with
+the current policy; score them; standardise the rewards and push the trained steps' transitions into the
+buffer, each with the baseline V_φ predicts for it; fit V_φ; take the policy steps. Everything a round
+changes lives in one :class:`RunState`, which is what a checkpoint captures and restores.
 
 Randomness: every random draw of round ``k`` comes from generators seeded by ``(seed, k, stream)``
 (prompt choice, each trajectory's noise, value minibatches, policy minibatches), and the LoRA and value
@@ -21,12 +26,13 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from diffusers.utils.torch_utils import randn_tensor
 from tqdm.auto import tqdm
 
 from dpok.models.lora import ADAPTER_NAME, attach_lora, load_lora_state_dict, lora_state_dict
@@ -45,11 +51,14 @@ from dpok.rl.checkpoint import (
 )
 from dpok.rl.config import RESUMABLE_CHANGES, FinetuneConfig
 from dpok.rl.kl import reference_model, step_kl, trajectory_kl_bound
-from dpok.rl.losses import PerPromptRewardNormaliser, advantages, policy_loss
+from dpok.rl.losses import PerPromptRewardNormaliser, advantages, group_statistics, policy_loss
 from dpok.rl.sampling import (
     Trajectory,
     ddim_step_with_logprob,
+    decode_latents,
     guided_noise_prediction,
+    policy_gradient_scale,
+    predicted_original_sample,
     sample_trajectories,
     validate_scheduler_for_logprob,
 )
@@ -73,6 +82,9 @@ METRIC_NAMES = (
     "clip_fraction",
     "grad_norm",
     "skipped_steps",
+    "value_variance_ratio",
+    "baseline_variance_ratio",
+    "uniform_groups",
     "seconds_sampling",
     "seconds_reward",
     "seconds_kl_report",
@@ -82,10 +94,16 @@ METRIC_NAMES = (
 elements) averaged over this round's first ``kl_report_trajectories`` fresh trajectories;
 ``kl_penalty``: the optimised KL term (``kl_form``, before β) averaged over micro-batches;
 ``policy_loss``: the clipped surrogate without the KL term; ``grad_norm``: LoRA gradient norm before
-clipping; ``skipped_steps``: policy steps dropped for a non-finite loss or gradient."""
+clipping; ``skipped_steps``: policy steps dropped for a non-finite loss or gradient;
+``value_variance_ratio``: Var(r − V)/Var(r) of this round's fresh transitions before V_φ is fitted on them,
+per step and averaged over steps (below 1: the baseline removes variance; NaN without a value function);
+``baseline_variance_ratio``: the same for the whole baseline on the raw reward, Var(r − (m + s·V))/Var(r),
+where m and s standardise the reward (``reward_normalisation``): what the group or prompt mean and V_φ
+remove together;
+``uniform_groups``: groups (``reward_normalisation: group``) left out because all their rewards were equal."""
 
 # Random streams of a round (see module docstring).
-_PROMPTS, _SAMPLING, _VALUE, _POLICY, _LORA_INIT, _VALUE_INIT = range(6)
+_PROMPTS, _SAMPLING, _VALUE, _POLICY, _LORA_INIT, _VALUE_INIT, _INITIAL_NOISE = range(7)
 
 _AUTOCAST_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -109,6 +127,7 @@ class TrainingResult:
         checkpoint_dir: Where checkpoints were written.
         last_checkpoint: The checkpoint of the final round.
         resumed_from: The checkpoint the run continued from, or None for a fresh run.
+        reward_log: ``[round, prompt, reward]`` of every trajectory sampled, resumed rounds included.
     """
 
     history: list[dict[str, float]]
@@ -117,6 +136,7 @@ class TrainingResult:
     checkpoint_dir: Path
     last_checkpoint: Path | None
     resumed_from: Path | None
+    reward_log: list[list[Any]]
 
     @property
     def skipped_steps(self) -> int:
@@ -186,8 +206,142 @@ def _score(reward_fn: RewardFn, images: np.ndarray, prompts: list[str], round_nu
     return rewards
 
 
-def _sample_round(pipeline, prompts: list[str], config: FinetuneConfig, round_number: int) -> Trajectory:
+@dataclass
+class RunState:
+    """Everything a run changes as it trains, in one place: what a checkpoint captures and restores.
+
+    Attributes:
+        lora_params: The trainable LoRA weights (float32) of the UNet's adapter.
+        optimizer: AdamW over ``lora_params``.
+        scaler: fp16 loss scaler (disabled, a pass-through, unless ``mixed_precision`` is fp16).
+        buffer: The FIFO transition buffer.
+        value_fn: V_φ, or None without a value function.
+        value_optimizer: AdamW over V_φ, or None.
+        normaliser: Per-prompt reward statistics (``reward_normalisation: per_prompt``), or None.
+        history: One metrics dict per finished round.
+        reward_log: ``[round, prompt, reward]`` of every sampled trajectory (for per-prompt curves).
+    """
+
+    lora_params: list[torch.nn.Parameter]
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    buffer: TransitionBuffer
+    value_fn: ValueFunction | None
+    value_optimizer: torch.optim.Optimizer | None
+    normaliser: PerPromptRewardNormaliser | None
+    history: list[dict[str, float]]
+    reward_log: list[list[Any]]
+
+    @property
+    def round(self) -> int:
+        return len(self.history)
+
+    @classmethod
+    def create(cls, unet: torch.nn.Module, config: FinetuneConfig) -> RunState:
+        """Attach a fresh LoRA to ``unet`` and build the optimisers, V_φ, normaliser and buffer."""
+        device = unet.device
+        with torch.random.fork_rng(devices=[]):
+            torch.default_generator.manual_seed(_seed(config.seed, _LORA_INIT))
+            lora_params = attach_lora(unet, config.lora_rank, config.lora_alpha, config.lora_target_modules)
+        # The adapter trains in float32 whatever the UNet's dtype: float16 weights would round away updates
+        # of lr 1e-5, and the fp16 loss scaler cannot unscale float16 gradients. peft casts at its edges.
+        for parameter in lora_params:
+            if parameter.dtype != torch.float32:
+                parameter.data = parameter.data.float()
+        value_fn = value_optimizer = None
+        if config.use_value_function:
+            with torch.random.fork_rng(devices=[]):
+                torch.default_generator.manual_seed(_seed(config.seed, _VALUE_INIT))
+                latent_shape = (unet.config.in_channels, unet.config.sample_size, unet.config.sample_size)
+                value_fn = ValueFunction(
+                    latent_shape, unet.config.cross_attention_dim, config.num_inference_steps,
+                    extra_dim=_value_feature_size(config, latent_shape),
+                    has_score=config.value_features == "tweedie_reward",
+                ).to(device)
+            value_optimizer = torch.optim.AdamW(value_fn.parameters(), lr=config.value_learning_rate)
+        normaliser = None
+        if config.reward_normalisation == "per_prompt":
+            normaliser = PerPromptRewardNormaliser(
+                config.per_prompt_window, config.per_prompt_min_count, scale=config.per_prompt_scale
+            )
+        return cls(
+            lora_params=lora_params,
+            optimizer=torch.optim.AdamW(lora_params, lr=config.learning_rate, weight_decay=config.adam_weight_decay),
+            # Dynamic loss scaling for fp16 only; disabled, its calls are the plain ones (scale(x) is x).
+            scaler=torch.amp.GradScaler(device.type, enabled=config.mixed_precision == "fp16"),
+            buffer=TransitionBuffer(config.buffer_size),
+            value_fn=value_fn,
+            value_optimizer=value_optimizer,
+            normaliser=normaliser,
+            history=[],
+            reward_log=[],
+        )
+
+    def capture(self, unet: torch.nn.Module, config: FinetuneConfig) -> TrainingState:
+        """The checkpoint of the state after round :attr:`round`."""
+        return TrainingState(
+            round=self.round,
+            lora={k: v.cpu().contiguous() for k, v in lora_state_dict(unet).items()},
+            policy_optimizer=self.optimizer.state_dict(),
+            buffer=self.buffer.state_dict(),
+            history=list(self.history),
+            config=config.to_dict(),
+            rng=capture_rng_state(),
+            value_function=None if self.value_fn is None else {
+                k: v.detach().cpu().contiguous() for k, v in self.value_fn.state_dict().items()
+            },
+            value_optimizer=None if self.value_optimizer is None else self.value_optimizer.state_dict(),
+            reward_normaliser=None if self.normaliser is None else self.normaliser.state_dict(),
+            reward_log=[list(row) for row in self.reward_log],
+        )
+
+    def restore(self, state: TrainingState, unet: torch.nn.Module) -> None:
+        """Continue from ``state`` (written by :meth:`capture` under the same settings)."""
+        load_lora_state_dict(unet, {k: v.to(unet.device) for k, v in state.lora.items()})
+        self.optimizer.load_state_dict(state.policy_optimizer)
+        if self.value_fn is not None:
+            self.value_fn.load_state_dict(state.value_function)
+            self.value_optimizer.load_state_dict(state.value_optimizer)
+        if self.normaliser is not None:
+            self.normaliser.load_state_dict(state.reward_normaliser)
+        self.buffer.load_state_dict(state.buffer)
+        restore_rng_state(state.rng)
+        self.history = list(state.history)
+        self.reward_log = [list(row) for row in state.reward_log or []]
+
+
+def _value_feature_size(config: FinetuneConfig, latent_shape: Sequence[int]) -> int:
+    latent_size = int(np.prod(latent_shape))
+    return {"latent": 0, "tweedie": latent_size, "tweedie_reward": latent_size + 1}[config.value_features]
+
+
+def _draw_prompts(prompts: list[str], config: FinetuneConfig, round_number: int) -> tuple[list[str], list[int]]:
+    """The round's prompts, ``trajectories_per_prompt`` in a row per draw, and each one's group index."""
+    n_groups = config.g_batch // config.trajectories_per_prompt
+    choice = torch.randint(len(prompts), (n_groups,), generator=_generator(config.seed, round_number, _PROMPTS))
+    repeat = config.trajectories_per_prompt
+    return [prompts[i] for i in choice.tolist() for _ in range(repeat)], [g for g in range(n_groups) for _ in range(repeat)]
+
+
+def _initial_noise(unet, config: FinetuneConfig, round_number: int, groups: list[int]) -> torch.Tensor | None:
+    """With ``share_initial_noise``, one x_T per group from its own stream; otherwise None (each trajectory
+    draws x_T from its own sampling stream, as the stock pipeline does)."""
+    if not config.share_initial_noise:
+        return None
+    size = unet.config.sample_size
+    shape = (1, unet.config.in_channels, size, size)
+    per_group = {
+        g: randn_tensor(shape, generator=_generator(config.seed, round_number, _INITIAL_NOISE, g), dtype=torch.float32)
+        for g in sorted(set(groups))
+    }
+    return torch.cat([per_group[g] for g in groups])
+
+
+def _sample_round(
+    pipeline, prompts: list[str], groups: list[int], config: FinetuneConfig, round_number: int
+) -> Trajectory:
     generators = [_generator(config.seed, round_number, _SAMPLING, i) for i in range(len(prompts))]
+    initial = _initial_noise(pipeline.unet, config, round_number, groups)
     chunk = config.sample_batch_size or len(prompts)
     parts = [
         sample_trajectories(
@@ -197,33 +351,150 @@ def _sample_round(pipeline, prompts: list[str], config: FinetuneConfig, round_nu
             guidance_scale=config.guidance_scale,
             eta=config.eta,
             generator=generators[start : start + chunk],
+            latents=None if initial is None else initial[start : start + chunk],
         )
         for start in range(0, len(prompts), chunk)
     ]
     return Trajectory.concatenate(parts)
 
 
-def _earliest_steps(trajectory: Trajectory, fraction: float) -> Trajectory:
-    """The trajectory cut to its first ``ceil(fraction · T)`` steps (the noisiest), whose transitions train."""
-    keep = max(1, int(np.ceil(fraction * trajectory.num_steps - 1e-9)))
-    if keep == trajectory.num_steps:
-        return trajectory
-    return replace(
-        trajectory,
-        latents=trajectory.latents[:, : keep + 1],
-        timesteps=trajectory.timesteps[:keep],
-        log_probs=trajectory.log_probs[:, :keep],
-        noise_preds=trajectory.noise_preds[:, :keep],
+def _reward_statistics(
+    run: RunState, config: FinetuneConfig, prompts: list[str], rewards: np.ndarray, groups: list[int]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per trajectory: the mean and scale that standardise its reward, and whether it trains."""
+    if config.reward_normalisation == "group":
+        return group_statistics(groups, rewards, config.per_prompt_scale)
+    keep = np.ones(len(rewards), dtype=bool)
+    if run.normaliser is not None:
+        return (*run.normaliser.statistics(prompts, rewards), keep)
+    return np.zeros(len(rewards)), np.ones(len(rewards)), keep
+
+
+def _value_features(
+    pipeline, reward_fn: RewardFn, trajectory: Trajectory, means: np.ndarray, scales: np.ndarray,
+    config: FinetuneConfig, chunk_size: int,
+) -> torch.Tensor | None:
+    """The extra inputs of V_φ for every transition of ``trajectory`` (``value_features``), (B·T, F)."""
+    if config.value_features == "latent":
+        return None
+    batch, steps = trajectory.batch_size, trajectory.num_steps
+    shape = trajectory.latents.shape[2:]
+    x_t = trajectory.latents[:, :-1].reshape(batch * steps, *shape)
+    timesteps = trajectory.timesteps.repeat(batch)
+    x0_hat = predicted_original_sample(
+        pipeline.scheduler, trajectory.noise_preds.reshape(batch * steps, *shape), timesteps, x_t
     )
+    features = [x0_hat.flatten(1).cpu()]
+    if config.value_features == "tweedie_reward":
+        prompts = [p for p in trajectory.prompts for _ in range(steps)]
+        device = pipeline.unet.device
+        scores = np.concatenate([
+            _score(reward_fn, decode_latents(pipeline, x0_hat[i : i + chunk_size].to(device)),
+                   prompts[i : i + chunk_size], -1)
+            for i in range(0, batch * steps, chunk_size)
+        ])
+        standardised = (scores - np.repeat(means, steps)) / np.repeat(scales, steps)
+        features.append(torch.as_tensor(standardised, dtype=torch.float32).reshape(-1, 1))
+    return torch.cat(features, dim=1)
 
 
-def _baselines(value_fn: ValueFunction, trajectory: Trajectory, device: torch.device) -> torch.Tensor:
+def _baselines(
+    value_fn: ValueFunction, trajectory: Trajectory, first_step: int, features: torch.Tensor | None,
+    device: torch.device,
+) -> torch.Tensor:
     """V_φ(x_t, t, z) of every transition of ``trajectory``, (B·T,) in the buffer's order, no grad."""
     batch, steps = trajectory.batch_size, trajectory.num_steps
     latents = trajectory.latents[:, :-1].reshape(batch * steps, *trajectory.latents.shape[2:]).to(device)
-    features = prompt_text_feature(trajectory.prompt_embeds.to(device)).repeat_interleave(steps, dim=0)
+    text = prompt_text_feature(trajectory.prompt_embeds.to(device)).repeat_interleave(steps, dim=0)
+    step_indices = (first_step + torch.arange(steps, device=device)).repeat(batch)
     with torch.no_grad():
-        return value_fn(latents, torch.arange(steps, device=device).repeat(batch), features).cpu()
+        return value_fn(latents, step_indices, text, None if features is None else features.to(device)).cpu()
+
+
+def value_variance_ratio(targets: torch.Tensor, baselines: torch.Tensor, step_indices: torch.Tensor) -> float:
+    """Var(r − V)/Var(r) per step, averaged over the steps where the targets vary (NaN if none does)."""
+    ratios = []
+    for step in torch.unique(step_indices):
+        at_step = step_indices == step
+        target_variance = targets[at_step].double().var(unbiased=False)
+        if at_step.sum() > 1 and target_variance > 1e-12:
+            residual = (targets[at_step] - baselines[at_step]).double().var(unbiased=False)
+            ratios.append(float(residual / target_variance))
+    return float(np.mean(ratios)) if ratios else float("nan")
+
+
+def _push_transitions(
+    pipeline, reward_fn: RewardFn, run: RunState, config: FinetuneConfig, trajectory: Trajectory,
+    rewards: np.ndarray, groups: list[int],
+) -> dict[str, float]:
+    """Standardise the rewards, cut the trained window, and push its transitions with their baselines.
+
+    Returns the variance ratios of the baselines on these fresh transitions and the number of groups left
+    out for equal rewards (metrics of the round).
+    """
+    means, scales, keep = _reward_statistics(run, config, trajectory.prompts, rewards, groups)
+    uniform_groups = len({g for g, k in zip(groups, keep) if not k})
+    if not keep.any():
+        return {"value_variance_ratio": float("nan"), "baseline_variance_ratio": float("nan"),
+                "uniform_groups": uniform_groups}
+    kept = np.flatnonzero(keep)
+    training_rewards = ((rewards - means) / scales)[kept]
+    first_step, stop = config.train_steps()
+    trained = trajectory.subset(kept).window(first_step, stop)
+    steps = trained.num_steps
+    step_indices = torch.arange(steps).repeat(len(kept))
+    features = None
+    baselines = torch.zeros(len(kept) * steps)
+    if run.value_fn is not None:
+        chunk = config.sample_batch_size or config.g_batch
+        features = _value_features(pipeline, reward_fn, trained, means[kept], scales[kept], config, chunk)
+        # Baselines come from V_φ before it is fitted on these transitions: fitted on them, an MLP memorises
+        # the few trajectories' rewards and r − V collapses to noise (no learning in a shapes-world test).
+        baselines = _baselines(run.value_fn, trained, first_step, features, pipeline.unet.device)
+    targets = torch.as_tensor(training_rewards, dtype=torch.float32).repeat_interleave(steps)
+    raw = torch.as_tensor(rewards[kept], dtype=torch.float64).repeat_interleave(steps)
+    total_baseline = (torch.as_tensor(means[kept]).repeat_interleave(steps)
+                      + torch.as_tensor(scales[kept]).repeat_interleave(steps) * baselines.double())
+    ratios = {
+        "value_variance_ratio": (
+            float("nan") if run.value_fn is None else value_variance_ratio(targets, baselines, step_indices)
+        ),
+        "baseline_variance_ratio": value_variance_ratio(raw, total_baseline, step_indices),
+        "uniform_groups": uniform_groups,
+    }
+    run.buffer.push(trained, training_rewards, None if run.value_fn is None else baselines,
+                    first_step=first_step, value_features=features)
+    return ratios
+
+
+def _value_steps(run: RunState, config: FinetuneConfig, round_number: int, device: torch.device) -> list[float]:
+    """``value_steps`` AdamW steps of V_φ on minibatches of the buffer (MSE to the reward)."""
+    if run.value_fn is None or not len(run.buffer):
+        return []
+    if run.value_fn.has_score:
+        everything = run.buffer.get(torch.arange(len(run.buffer)))
+        run.value_fn.fit_score_gain(everything.step_indices, everything.value_features, everything.rewards)
+    generator = _generator(config.seed, round_number, _VALUE)
+    losses = []
+    for _ in range(config.value_steps):
+        batch = run.buffer.sample(config.value_batch_size, generator).to(device)
+        losses.append(value_update(
+            run.value_fn, run.value_optimizer, batch.latents, batch.step_indices,
+            prompt_text_feature(batch.prompt_embeds), batch.rewards,
+            batch.value_features if run.value_fn.extra_dim else None,
+        ))
+    return losses
+
+
+def step_weights(scheduler, config: FinetuneConfig) -> torch.Tensor:
+    """The surrogate's weight of each step of the schedule, (T,): ones, or with ``step_weighting:
+    equalise`` mean(|c|/σ over the trained steps) / (|c_t|/σ_t)."""
+    scheduler.set_timesteps(config.num_inference_steps)
+    if config.step_weighting == "none":
+        return torch.ones(config.num_inference_steps)
+    scale = policy_gradient_scale(scheduler, scheduler.timesteps, config.eta)
+    first, stop = config.train_steps()
+    return scale[first:stop].mean() / scale
 
 
 def _policy_microbatch(
@@ -231,8 +502,9 @@ def _policy_microbatch(
     scheduler,
     batch: TransitionBatch,
     config: FinetuneConfig,
+    weights: torch.Tensor,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """loss = clipped surrogate + β·KL_t on one micro-batch (DPOK.md §4, step 4)."""
+    """loss = clipped surrogate + β·KL_t on one micro-batch (docs/algorithm.md §4, step 4)."""
     timesteps, x_t = batch.timesteps, batch.latents
     cond, uncond = batch.prompt_embeds, batch.negative_prompt_embeds
     reference_output = None
@@ -248,7 +520,8 @@ def _policy_microbatch(
     # The baseline was predicted when the transition entered the buffer, before V_φ regressed its reward
     # (zero without a value function).
     advantage = advantages(batch.rewards, batch.baselines, config.reward_weight)
-    surrogate = policy_loss(config.clip_mode, advantage, ratio, config.clip_range)
+    step_weight = None if config.step_weighting == "none" else weights.to(x_t.device)[batch.step_indices]
+    surrogate = policy_loss(config.clip_mode, advantage, ratio, config.clip_range, step_weight)
     loss = surrogate
     kl = torch.full((), float("nan"))
     if reference_output is not None:
@@ -264,8 +537,143 @@ def _policy_microbatch(
     return loss, stats
 
 
+def _policy_step(
+    unet, scheduler, run: RunState, config: FinetuneConfig, generator: torch.Generator, weights: torch.Tensor,
+) -> tuple[str | None, float, list[dict[str, torch.Tensor]]]:
+    """One optimiser step over ``accum`` micro-batches; returns (problem or None, grad norm, stats)."""
+    run.optimizer.zero_grad(set_to_none=True)
+    micro_stats: list[dict[str, torch.Tensor]] = []
+    for _ in range(config.accum):
+        batch = run.buffer.sample(config.p_batch, generator).to(unet.device)
+        loss, stats = _policy_microbatch(unet, scheduler, batch, config, weights)
+        if not torch.isfinite(loss):
+            run.optimizer.zero_grad(set_to_none=True)
+            return f"non-finite loss ({loss.item()})", float("nan"), []
+        run.scaler.scale(loss / config.accum).backward()
+        micro_stats.append(stats)
+    run.scaler.unscale_(run.optimizer)  # true gradients before the norm (no-op unless fp16)
+    grad_norm = float(torch.nn.utils.clip_grad_norm_(run.lora_params, config.max_grad_norm))
+    if not np.isfinite(grad_norm):
+        run.optimizer.zero_grad(set_to_none=True)
+        problem = f"non-finite gradient norm ({grad_norm})"
+        if run.scaler.is_enabled():
+            run.scaler.update()  # an fp16 overflow lowers the loss scale
+            problem += f"; fp16 loss scale lowered to {run.scaler.get_scale():g}"
+        return problem, grad_norm, []
+    run.scaler.step(run.optimizer)
+    run.scaler.update()
+    run.optimizer.zero_grad(set_to_none=True)
+    return None, grad_norm, micro_stats
+
+
+def _policy_steps(
+    unet, scheduler, run: RunState, config: FinetuneConfig, round_number: int, weights: torch.Tensor,
+) -> dict[str, float]:
+    """``p_step`` policy steps; a step with a non-finite loss or gradient is skipped and counted."""
+    stats: dict[str, list[float]] = {"policy_loss": [], "kl_penalty": [], "ratio_dev": [], "clip_fraction": []}
+    grad_norms, skipped = [], 0
+    if len(run.buffer):
+        scheduler.set_timesteps(config.num_inference_steps)
+        generator = _generator(config.seed, round_number, _POLICY)
+        for step in range(config.p_step):
+            problem, grad_norm, micro_stats = _policy_step(unet, scheduler, run, config, generator, weights)
+            if problem is not None:
+                skipped += 1
+                logger.warning("round %d, policy step %d: %s; step skipped, LoRA unchanged",
+                               round_number, step + 1, problem)
+                continue
+            grad_norms.append(grad_norm)
+            for micro in micro_stats:
+                for key, value in micro.items():
+                    stats[key].append(float(value))
+    return {**{key: _mean(values) for key, values in stats.items()}, "grad_norm": _mean(grad_norms),
+            "skipped_steps": skipped}
+
+
+def _kl_report(unet, scheduler, trajectory: Trajectory, config: FinetuneConfig) -> float:
+    """The exact KL bound (nats) averaged over the round's first ``kl_report_trajectories`` trajectories."""
+    if config.kl_report_trajectories == 0:
+        return float("nan")
+    with _autocast(config, unet.device):
+        bounds = trajectory_kl_bound(
+            unet, scheduler, trajectory, num_trajectories=config.kl_report_trajectories,
+            chunk_size=config.sample_batch_size or config.g_batch,
+        )
+    return float(bounds.mean())
+
+
 def _mean(values: list[float]) -> float:
     return float(np.mean(values)) if values else float("nan")
+
+
+class _Stopwatch:
+    """Seconds spent per phase of a round."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def __call__(self, phase: str):
+        tick = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[phase] = self.seconds.get(phase, 0.0) + time.perf_counter() - tick
+
+
+def _train_round(
+    pipeline, prompts: list[str], reward_fn: RewardFn, config: FinetuneConfig, round_number: int,
+    run: RunState, weights: torch.Tensor,
+) -> dict[str, float]:
+    """One round (docs/algorithm.md §4); returns its metrics (keys :data:`METRIC_NAMES`)."""
+    unet, scheduler, device = pipeline.unet, pipeline.scheduler, pipeline.unet.device
+    clock = _Stopwatch()
+    with clock("sampling"):  # 1. prompts and trajectories from the current policy, no grad
+        round_prompts, groups = _draw_prompts(prompts, config, round_number)
+        with _autocast(config, device):
+            trajectory = _sample_round(pipeline, round_prompts, groups, config, round_number)
+    with clock("reward"):
+        rewards = _score(reward_fn, trajectory.images, round_prompts, round_number)
+    run.reward_log.extend([round_number, prompt, float(r)] for prompt, r in zip(round_prompts, rewards))
+    with clock("kl_report"):
+        kl_bound = _kl_report(unet, scheduler, trajectory, config)
+    with clock("update"):
+        # 2. standardised rewards and the trained steps' transitions into the buffer, with baselines
+        baseline_metrics = _push_transitions(pipeline, reward_fn, run, config, trajectory, rewards, groups)
+        del trajectory
+        value_losses = _value_steps(run, config, round_number, device)  # 3. value steps
+        policy = _policy_steps(unet, scheduler, run, config, round_number, weights)  # 4. policy steps
+    return {
+        "round": round_number,
+        "reward_mean": float(rewards.mean()),
+        "reward_std": float(rewards.std()),
+        "reward_min": float(rewards.min()),
+        "reward_max": float(rewards.max()),
+        "kl_bound_nats": kl_bound,
+        "kl_penalty": policy["kl_penalty"],
+        "policy_loss": policy["policy_loss"],
+        "value_loss": _mean(value_losses),
+        "ratio_dev": policy["ratio_dev"],
+        "clip_fraction": policy["clip_fraction"],
+        "grad_norm": policy["grad_norm"],
+        "skipped_steps": policy["skipped_steps"],
+        **baseline_metrics,
+        "seconds_sampling": clock.seconds["sampling"],
+        "seconds_reward": clock.seconds["reward"],
+        "seconds_kl_report": clock.seconds["kl_report"],
+        "seconds_update": clock.seconds["update"],
+    }
+
+
+def _prepare_pipeline(pipeline, config: FinetuneConfig) -> None:
+    for module in (pipeline.unet, pipeline.vae, pipeline.text_encoder):
+        module.requires_grad_(False)
+        module.eval()
+    if pipeline.unet.dtype == torch.float16 and config.mixed_precision != "fp16":
+        logger.warning(
+            "the UNet is float16 and finetune.mixed_precision is %r: gradients pass through float16 activations "
+            "without loss scaling and may underflow; mixed_precision: fp16 adds the scaling", config.mixed_precision,
+        )
 
 
 def train_dpok(
@@ -288,102 +696,38 @@ def train_dpok(
     prompts = _check_inputs(pipeline, prompts, config)
     checkpoint_dir = Path(checkpoint_dir)
     unet, scheduler = pipeline.unet, pipeline.scheduler
-    device = unet.device
     # Read and check an existing run before touching the pipeline, so a refused resume changes nothing.
     clean_partial_checkpoints(checkpoint_dir)
     previous_run = list_checkpoints(checkpoint_dir)
-    state = None
+    saved = None
     if config.resume and previous_run:
-        state = load_checkpoint(previous_run[-1])
-        _check_resumable(state.config, config, previous_run[-1])
+        saved = load_checkpoint(previous_run[-1])
+        _check_resumable(saved.config, config, previous_run[-1])
 
-    for module in (pipeline.unet, pipeline.vae, pipeline.text_encoder):
-        module.requires_grad_(False)
-        module.eval()
-
-    with torch.random.fork_rng(devices=[]):
-        torch.default_generator.manual_seed(_seed(config.seed, _LORA_INIT))
-        lora_params = attach_lora(unet, config.lora_rank, config.lora_alpha, config.lora_target_modules)
-    # The adapter trains in float32 whatever the UNet's dtype: float16 weights would round away updates of
-    # lr 1e-5, and the fp16 loss scaler cannot unscale float16 gradients. peft casts at the adapter's edges.
-    for parameter in lora_params:
-        if parameter.dtype != torch.float32:
-            parameter.data = parameter.data.float()
-    if unet.dtype == torch.float16 and config.mixed_precision != "fp16":
-        logger.warning(
-            "the UNet is float16 and finetune.mixed_precision is %r: gradients pass through float16 activations "
-            "without loss scaling and may underflow; mixed_precision: fp16 adds the scaling", config.mixed_precision,
-        )
+    _prepare_pipeline(pipeline, config)
+    run = RunState.create(unet, config)
     if config.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
-    # Dynamic loss scaling for fp16 only; disabled, its calls are the plain ones (scale(x) is x).
-    scaler = torch.amp.GradScaler(device.type, enabled=config.mixed_precision == "fp16")
-    optimizer = torch.optim.AdamW(lora_params, lr=config.learning_rate, weight_decay=config.adam_weight_decay)
-
-    value_fn = value_optimizer = None
-    if config.use_value_function:
-        with torch.random.fork_rng(devices=[]):
-            torch.default_generator.manual_seed(_seed(config.seed, _VALUE_INIT))
-            size = unet.config.sample_size
-            value_fn = ValueFunction(
-                (unet.config.in_channels, size, size), unet.config.cross_attention_dim, config.num_inference_steps
-            ).to(device)
-        value_optimizer = torch.optim.AdamW(value_fn.parameters(), lr=config.value_learning_rate)
-    normaliser = (
-        PerPromptRewardNormaliser(config.per_prompt_window, config.per_prompt_min_count, scale=config.per_prompt_scale)
-        if config.per_prompt_normalisation
-        else None
-    )
-    buffer = TransitionBuffer(config.buffer_size)
-
-    history: list[dict[str, float]] = []
-    start, resumed_from, last_checkpoint = 0, None, None
-    if state is not None:
+    resumed_from = last_checkpoint = None
+    if saved is not None:
+        run.restore(saved, unet)
         resumed_from = last_checkpoint = previous_run[-1]
-        load_lora_state_dict(unet, {k: v.to(device) for k, v in state.lora.items()})
-        optimizer.load_state_dict(state.policy_optimizer)
-        if value_fn is not None:
-            value_fn.load_state_dict(state.value_function)
-            value_optimizer.load_state_dict(state.value_optimizer)
-        if normaliser is not None:
-            normaliser.load_state_dict(state.reward_normaliser)
-        buffer.load_state_dict(state.buffer)
-        restore_rng_state(state.rng)
-        start, history = state.round, list(state.history)
         previous_run = []  # continued, not replaced
-        logger.info("Resuming DPOK from %s (round %d of %d)", resumed_from, start, config.num_rounds)
+        logger.info("Resuming DPOK from %s (round %d of %d)", resumed_from, run.round, config.num_rounds)
     elif previous_run:
         logger.info(
             "finetune.resume is false: %d old checkpoint(s) in %s will be deleted once this run's first "
             "checkpoint is written", len(previous_run), checkpoint_dir,
         )
+    weights = step_weights(scheduler, config)
 
-    bar = tqdm(total=config.num_rounds, initial=start, disable=not progress, desc="DPOK rounds")
+    bar = tqdm(total=config.num_rounds, initial=run.round, disable=not progress, desc="DPOK rounds")
     try:
-        for round_number in range(start + 1, config.num_rounds + 1):
-            metrics = _train_round(
-                pipeline, prompts, reward_fn, config, round_number, buffer, optimizer, lora_params,
-                value_fn, value_optimizer, normaliser, scaler,
-            )
-            history.append(metrics)
+        for round_number in range(run.round + 1, config.num_rounds + 1):
+            metrics = _train_round(pipeline, prompts, reward_fn, config, round_number, run, weights)
+            run.history.append(metrics)
             if round_number % config.checkpoint_every == 0 or round_number == config.num_rounds:
-                last_checkpoint = save_checkpoint(
-                    checkpoint_dir,
-                    TrainingState(
-                        round=round_number,
-                        lora={k: v.cpu().contiguous() for k, v in lora_state_dict(unet).items()},
-                        policy_optimizer=optimizer.state_dict(),
-                        buffer=buffer.state_dict(),
-                        history=list(history),
-                        config=config.to_dict(),
-                        rng=capture_rng_state(),
-                        value_function=None if value_fn is None else {
-                            k: v.detach().cpu().contiguous() for k, v in value_fn.state_dict().items()
-                        },
-                        value_optimizer=None if value_optimizer is None else value_optimizer.state_dict(),
-                        reward_normaliser=None if normaliser is None else normaliser.state_dict(),
-                    ),
-                )
+                last_checkpoint = save_checkpoint(checkpoint_dir, run.capture(unet, config))
                 if previous_run:  # a fresh run replaces the old one only now that it has a checkpoint
                     remove_checkpoints(p for p in previous_run if p != last_checkpoint)
                     previous_run = []
@@ -393,148 +737,23 @@ def train_dpok(
             bar.update(1)
             bar.set_postfix(reward=f"{metrics['reward_mean']:.4f}", kl=f"{metrics['kl_bound_nats']:.3g}")
             logger.info(
-                "round %d/%d: reward %.4f ± %.4f, KL bound %.4g nats, ratio dev %.3g, skipped %d",
+                "round %d/%d: reward %.4f ± %.4f, KL bound %.4g nats, ratio dev %.3g, V ratio %.3g, skipped %d",
                 round_number, config.num_rounds, metrics["reward_mean"], metrics["reward_std"],
-                metrics["kl_bound_nats"], metrics["ratio_dev"], metrics["skipped_steps"],
+                metrics["kl_bound_nats"], metrics["ratio_dev"], metrics["value_variance_ratio"],
+                metrics["skipped_steps"],
             )
     finally:
         bar.close()
 
     return TrainingResult(
-        history=history,
+        history=run.history,
         lora_state={k: v.cpu() for k, v in lora_state_dict(unet).items()},
         config=config,
         checkpoint_dir=checkpoint_dir,
         last_checkpoint=last_checkpoint,
         resumed_from=resumed_from,
+        reward_log=run.reward_log,
     )
 
 
-def _train_round(
-    pipeline,
-    prompts: list[str],
-    reward_fn: RewardFn,
-    config: FinetuneConfig,
-    round_number: int,
-    buffer: TransitionBuffer,
-    optimizer: torch.optim.Optimizer,
-    lora_params: list[torch.nn.Parameter],
-    value_fn: ValueFunction | None,
-    value_optimizer: torch.optim.Optimizer | None,
-    normaliser: PerPromptRewardNormaliser | None,
-    scaler: torch.amp.GradScaler,
-) -> dict[str, float]:
-    """One round; returns its metrics (keys :data:`METRIC_NAMES`)."""
-    unet, scheduler = pipeline.unet, pipeline.scheduler
-    device = unet.device
-
-    # 1. prompts and trajectories from the current policy, no grad
-    tick = time.perf_counter()
-    n_prompts = config.g_batch // config.trajectories_per_prompt
-    choice = torch.randint(len(prompts), (n_prompts,), generator=_generator(config.seed, round_number, _PROMPTS))
-    round_prompts = [prompts[i] for i in choice.tolist() for _ in range(config.trajectories_per_prompt)]
-    with _autocast(config, device):
-        trajectory = _sample_round(pipeline, round_prompts, config, round_number)
-    seconds_sampling = time.perf_counter() - tick
-
-    tick = time.perf_counter()
-    rewards = _score(reward_fn, trajectory.images, round_prompts, round_number)
-    seconds_reward = time.perf_counter() - tick
-
-    tick = time.perf_counter()
-    kl_bound = float("nan")
-    if config.kl_report_trajectories > 0:
-        with _autocast(config, device):
-            bounds = trajectory_kl_bound(
-                unet, scheduler, trajectory, num_trajectories=config.kl_report_trajectories,
-                chunk_size=config.sample_batch_size or config.g_batch,
-            )
-        kl_bound = float(bounds.mean())
-    seconds_kl_report = time.perf_counter() - tick
-
-    # 2. transitions into the FIFO buffer, with the rewards the update uses
-    tick = time.perf_counter()
-    training_rewards = rewards if normaliser is None else normaliser(round_prompts, rewards)
-    # Baselines come from V_φ before it is fitted on these transitions: fitted on them, an MLP on 256-d
-    # latents memorises their rewards and r − V collapses to noise (no learning in a shapes-world test).
-    trained = _earliest_steps(trajectory, config.train_timestep_fraction)
-    baselines = None if value_fn is None else _baselines(value_fn, trained, device)
-    buffer.push(trained, training_rewards, baselines)
-    del trajectory
-
-    # 3. value steps
-    value_losses: list[float] = []
-    if value_fn is not None:
-        generator = _generator(config.seed, round_number, _VALUE)
-        for _ in range(config.value_steps):
-            batch = buffer.sample(config.value_batch_size, generator).to(device)
-            value_losses.append(
-                value_update(value_fn, value_optimizer, batch.latents, batch.step_indices,
-                             prompt_text_feature(batch.prompt_embeds), batch.rewards)
-            )
-
-    # 4. policy steps, each accumulating `accum` micro-batches
-    scheduler.set_timesteps(config.num_inference_steps)
-    generator = _generator(config.seed, round_number, _POLICY)
-    stats: dict[str, list[float]] = {"policy_loss": [], "kl_penalty": [], "ratio_dev": [], "clip_fraction": []}
-    grad_norms: list[float] = []
-    skipped = 0
-    for step in range(config.p_step):
-        optimizer.zero_grad(set_to_none=True)
-        step_stats: list[dict[str, torch.Tensor]] = []
-        problem, unscaled = None, False
-        for _ in range(config.accum):
-            batch = buffer.sample(config.p_batch, generator).to(device)
-            loss, micro_stats = _policy_microbatch(unet, scheduler, batch, config)
-            if not torch.isfinite(loss):
-                problem = f"non-finite loss ({loss.item()})"
-                break
-            scaler.scale(loss / config.accum).backward()
-            step_stats.append(micro_stats)
-        if problem is None:
-            scaler.unscale_(optimizer)  # true gradients before the norm (no-op unless fp16)
-            unscaled = True
-            grad_norm = torch.nn.utils.clip_grad_norm_(lora_params, config.max_grad_norm)
-            if not torch.isfinite(grad_norm):
-                problem = f"non-finite gradient norm ({float(grad_norm)})"
-        if problem is not None:
-            optimizer.zero_grad(set_to_none=True)
-            skipped += 1
-            if unscaled and scaler.is_enabled():
-                scaler.update()  # an fp16 overflow lowers the loss scale
-                problem += f"; fp16 loss scale lowered to {scaler.get_scale():g}"
-            logger.warning(
-                "round %d, policy step %d: %s; step skipped, LoRA unchanged", round_number, step + 1, problem
-            )
-            continue
-        scaler.step(optimizer)
-        scaler.update()
-        optimizer.zero_grad(set_to_none=True)
-        grad_norms.append(float(grad_norm))
-        for micro in step_stats:
-            for key, value in micro.items():
-                stats[key].append(float(value))
-    seconds_update = time.perf_counter() - tick
-
-    return {
-        "round": round_number,
-        "reward_mean": float(rewards.mean()),
-        "reward_std": float(rewards.std()),
-        "reward_min": float(rewards.min()),
-        "reward_max": float(rewards.max()),
-        "kl_bound_nats": kl_bound,
-        "kl_penalty": _mean(stats["kl_penalty"]),
-        "policy_loss": _mean(stats["policy_loss"]),
-        "value_loss": _mean(value_losses),
-        "ratio_dev": _mean(stats["ratio_dev"]),
-        "clip_fraction": _mean(stats["clip_fraction"]),
-        "grad_norm": _mean(grad_norms),
-        "skipped_steps": skipped,
-        "seconds_sampling": seconds_sampling,
-        "seconds_reward": seconds_reward,
-        "seconds_kl_report": seconds_kl_report,
-        "seconds_update": seconds_update,
-    }
-
-
-__all__ = ["METRIC_NAMES", "TrainingResult", "train_dpok"]
+__all__ = ["METRIC_NAMES", "RunState", "TrainingResult", "step_weights", "train_dpok", "value_variance_ratio"]

@@ -1,10 +1,23 @@
-"""The value function V_φ(x_t, t, z) of DPOK.md §4.3, a baseline that lowers the gradient's variance.
+"""The value function V_φ(x_t, t, z) of docs/algorithm.md §4, a baseline that lowers the gradient's variance.
 
 Architecture as in the official code: the flattened latent concatenated with the prompt's text feature,
 three 256-wide layers, each ``Linear`` then multiplied by a learned per-step embedding then ReLU, then a
 linear head. It regresses the final reward (a Monte-Carlo target) with MSE and its own AdamW.
 The per-step embedding is indexed by the step's position in the schedule (0 = first, noisiest step),
 so its table has ``num_steps`` rows.
+
+The head starts at zero, so an untrained V_φ is the no-baseline case rather than random noise added to
+every advantage.
+
+Optional extra features of ``x_t`` (``FinetuneConfig.value_features``) are concatenated to its input:
+Tweedie's estimate x̂_0 = (x_t − sqrt(1 − ᾱ_t)·ε̄)/sqrt(ᾱ_t), which shows what the trajectory is heading
+for far earlier than the noisy x_t does, and the reward of the image decoded from x̂_0 (the *score*, the
+last extra feature when ``has_score``). The score also reaches the output through a per-step gain a_t,
+V = MLP(...) + a_t · score, which :meth:`ValueFunction.fit_score_gain` sets by least squares on the buffer
+before the MLP's steps (then fitting the rest): in the last steps the score is nearly the final reward,
+and a gain learned by AdamW at the value learning rate would take about a thousand steps to get there.
+Any function of ``x_t`` is a valid baseline (it does not depend on the action taken from ``x_t``), so the
+policy gradient stays unbiased; a better prediction of the final reward lowers its variance.
 """
 
 from __future__ import annotations
@@ -35,23 +48,64 @@ class ValueFunction(nn.Module):
         num_steps: int,
         hidden_dim: int = 256,
         num_layers: int = 3,
+        extra_dim: int = 0,
+        has_score: bool = False,
     ) -> None:
         super().__init__()
         self.latent_dim = int(math.prod(latent_shape))
         self.text_dim = int(text_dim)
         self.num_steps = int(num_steps)
-        dims = [self.latent_dim + self.text_dim] + [hidden_dim] * num_layers
+        self.extra_dim = int(extra_dim)
+        dims = [self.latent_dim + self.text_dim + self.extra_dim] + [hidden_dim] * num_layers
         self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:]))
         self.step_embeddings = nn.ModuleList(nn.Embedding(self.num_steps, hidden_dim) for _ in range(num_layers))
         for embedding in self.step_embeddings:
             nn.init.ones_(embedding.weight)  # start as a plain MLP shared by all steps
         self.head = nn.Linear(hidden_dim, 1)
+        nn.init.zeros_(self.head.weight)
+        nn.init.zeros_(self.head.bias)
+        self.has_score = bool(has_score)
+        if self.has_score and self.extra_dim < 1:
+            raise ValueError("has_score needs the score as the last of at least one extra feature")
+        # a_t of V = MLP + a_t · score: fitted in closed form (fit_score_gain), not by the optimiser
+        self.register_buffer("score_gain", torch.zeros(self.num_steps))
 
-    def forward(self, latents: torch.Tensor, step_indices: torch.Tensor, text_features: torch.Tensor) -> torch.Tensor:
-        h = torch.cat([latents.float().flatten(1), text_features.float()], dim=1)
+    @torch.no_grad()
+    def fit_score_gain(
+        self, step_indices: torch.Tensor, extra_features: torch.Tensor, targets: torch.Tensor, ridge: float = 0.1
+    ) -> None:
+        """a_t = Σ score·target / (Σ score² + ridge·n) over the transitions of each step t (ridge regression
+        through the origin; targets are standardised rewards, so the fit needs no intercept)."""
+        if not self.has_score:
+            return
+        device = self.score_gain.device
+        score, targets = extra_features[:, -1].to(device).double(), targets.to(device).double()
+        steps = step_indices.long().to(device)
+        numerator = torch.zeros(self.num_steps, dtype=torch.float64, device=device).index_add_(0, steps, score * targets)
+        denominator = torch.zeros(self.num_steps, dtype=torch.float64, device=device).index_add_(0, steps, score**2)
+        counts = torch.bincount(steps, minlength=self.num_steps).double()
+        fitted = numerator / (denominator + ridge * counts).clamp(min=1e-12)
+        self.score_gain.copy_(torch.where(counts > 0, fitted, self.score_gain.double()).float())
+
+    def forward(
+        self,
+        latents: torch.Tensor,
+        step_indices: torch.Tensor,
+        text_features: torch.Tensor,
+        extra_features: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        inputs = [latents.float().flatten(1), text_features.float()]
+        if self.extra_dim:
+            if extra_features is None or extra_features.shape[-1] != self.extra_dim:
+                raise ValueError(f"this value function takes {self.extra_dim} extra features per transition")
+            inputs.append(extra_features.float().flatten(1))
+        h = torch.cat(inputs, dim=1)
         for layer, embedding in zip(self.layers, self.step_embeddings):
             h = torch.relu(layer(h) * embedding(step_indices.long()))
-        return self.head(h).squeeze(-1)
+        value = self.head(h).squeeze(-1)
+        if self.has_score:
+            value = value + self.score_gain[step_indices.long()] * extra_features[:, -1].float()
+        return value
 
 
 def value_loss(
@@ -60,9 +114,10 @@ def value_loss(
     step_indices: torch.Tensor,
     text_features: torch.Tensor,
     rewards: torch.Tensor,
+    extra_features: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """MSE between V_φ(x_t, t, z) and the trajectory's final reward."""
-    prediction = value_fn(latents, step_indices, text_features)
+    prediction = value_fn(latents, step_indices, text_features, extra_features)
     return torch.mean((prediction - rewards.float()) ** 2)
 
 
@@ -73,10 +128,11 @@ def value_update(
     step_indices: torch.Tensor,
     text_features: torch.Tensor,
     rewards: torch.Tensor,
+    extra_features: torch.Tensor | None = None,
 ) -> float:
     """One AdamW step on the value MSE; returns the loss before the step."""
     optimizer.zero_grad(set_to_none=True)
-    loss = value_loss(value_fn, latents, step_indices, text_features, rewards)
+    loss = value_loss(value_fn, latents, step_indices, text_features, rewards, extra_features)
     loss.backward()
     optimizer.step()
     return float(loss.detach())

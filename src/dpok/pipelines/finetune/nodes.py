@@ -16,7 +16,7 @@ import torch
 from diffusers import StableDiffusionPipeline
 from PIL import Image
 
-from dpok.evaluation.history import learning_curves
+from dpok.evaluation.history import learning_curves, training_reward_curves
 from dpok.models import check_prompt_words
 from dpok.rewards import weighted_reward
 from dpok.rl import FinetuneConfig, train_dpok
@@ -82,7 +82,8 @@ def validate_finetune_params(params: dict[str, Any], prompts: pd.DataFrame) -> d
         "DPOK: %d training prompts, %d rounds × %d trajectories, reward %s, KL %s β=%g, clip %s ε=%g",
         len(train), rl.num_rounds, rl.g_batch, config.reward, rl.kl_form, rl.kl_weight, rl.clip_mode, rl.clip_range,
     )
-    return {"run": config.__dict__, "train_prompts": train["prompt"].tolist()}
+    categories = train["category"].tolist() if "category" in train.columns else [None] * len(train)
+    return {"run": config.__dict__, "train_prompts": train["prompt"].tolist(), "train_categories": categories}
 
 
 def _device(name: str) -> torch.device:
@@ -105,7 +106,8 @@ def run_fingerprint(config: FinetuneRunConfig, prompts: list[str], model: str) -
 
 
 def finetune(pipeline: StableDiffusionPipeline, validated: dict[str, Any]):
-    """Run DPOK; returns the adapted UNet (saved as LoRA by the catalog) and the history table."""
+    """Run DPOK; returns the adapted UNet (saved as LoRA by the catalog), the history table (a row per
+    round) and the training rewards (a row per sampled trajectory: round, prompt, category, reward)."""
     config = FinetuneRunConfig(**validated["run"])
     prompts = validated["train_prompts"]
     # A closed-vocabulary tokenizer (the shapes world's) refuses unknown words; CLIP's accepts all.
@@ -125,9 +127,18 @@ def finetune(pipeline: StableDiffusionPipeline, validated: dict[str, Any]):
     history = pd.DataFrame(result.history)
     if result.skipped_steps:
         logger.warning("%d policy step(s) were skipped for a non-finite loss", result.skipped_steps)
-    return pipeline.unet, history
+    category = dict(zip(prompts, validated.get("train_categories") or [None] * len(prompts)))
+    rewards = pd.DataFrame(result.reward_log, columns=["round", "prompt", "reward"])
+    rewards.insert(2, "category", rewards["prompt"].map(category))
+    return pipeline.unet, history, rewards
 
 
 def plot_learning_curves(history: pd.DataFrame) -> Image.Image:
     """Reward, the KL bound and the losses per round (the numbers DPOK trades off)."""
     return learning_curves(history)
+
+
+def plot_training_rewards(rewards: pd.DataFrame, validated: dict[str, Any]) -> Image.Image:
+    """Training reward against trajectories sampled, smoothed, overall and per category."""
+    g_batch = FinetuneConfig.from_dict(validated["run"]["rl"]).g_batch
+    return training_reward_curves(rewards, trajectories_per_round=g_batch)

@@ -1,6 +1,11 @@
 from kedro.pipeline import Node, Pipeline
 
-from dpok.pipelines.finetune.nodes import finetune, plot_learning_curves, validate_finetune_params
+from dpok.pipelines.finetune.nodes import (
+    finetune,
+    plot_learning_curves,
+    plot_training_rewards,
+    validate_finetune_params,
+)
 from dpok.pipelines.prompts.pipeline import prompts_in_memory
 
 
@@ -13,7 +18,18 @@ def create_pipeline(**kwargs) -> Pipeline:
                 "finetune_validated",
                 name="validate_finetune_params_node",
             ),
-            Node(finetune, ["base_model", "finetune_validated"], ["lora", "finetune_history"], name="finetune_node"),
+            Node(
+                finetune,
+                ["base_model", "finetune_validated"],
+                ["lora", "finetune_history", "finetune_rewards"],
+                name="finetune_node",
+            ),
             Node(plot_learning_curves, "finetune_history", "finetune_curves", name="plot_learning_curves_node"),
+            Node(
+                plot_training_rewards,
+                ["finetune_rewards", "finetune_validated"],
+                "finetune_reward_curves",
+                name="plot_training_rewards_node",
+            ),
         ]
     )

@@ -1,0 +1,74 @@
+"""Thin nodes over :mod:`dpok.prompts.headroom` and the evaluation sampler."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from diffusers import StableDiffusionPipeline
+from tqdm.auto import tqdm
+
+from dpok.evaluation import SamplingConfig, derive_seeds
+from dpok.evaluation.sampler import pipeline_sampler, score_functions
+from dpok.prompts.headroom import HeadroomRule, select_headroom_prompts, solve_rates
+from dpok.world.grammar import CATEGORIES, enumerate_prompts, parse_prompt
+
+logger = logging.getLogger(__name__)
+
+
+def _selection_settings(params: dict[str, Any]) -> tuple[HeadroomRule, int, int, str]:
+    known = {"rule", "num_seeds", "seed", "score"}
+    unknown = sorted(set(params) - known)
+    if unknown:
+        raise ValueError(f"unknown key(s) {', '.join('select_prompts.' + k for k in unknown)}; expected {sorted(known)}")
+    rule = HeadroomRule.from_dict(params.get("rule"))
+    num_seeds, seed = params.get("num_seeds", 16), params.get("seed", 1)
+    for name, value, minimum in (("num_seeds", num_seeds, 1), ("seed", seed, 0)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise ValueError(f"select_prompts.{name} must be an integer >= {minimum}, got {value!r}")
+    return rule, num_seeds, seed, str(params.get("score", "shapes_judge"))
+
+
+def measure_candidates(
+    base_model: StableDiffusionPipeline, params: dict[str, Any], sampling: dict[str, Any]
+) -> pd.DataFrame:
+    """Every grammar prompt × ``num_seeds`` seeds from the base model, scored: one row per image."""
+    rule, num_seeds, seed, score = _selection_settings(params)
+    config = SamplingConfig.from_dict(sampling)
+    if seed == config.seed:
+        logger.warning("select_prompts.seed equals pretrained.seed: the selection sees the evaluation's noise")
+    score_fn = score_functions({score: {}})[score]
+    sample = pipeline_sampler(
+        base_model, num_inference_steps=config.num_inference_steps, guidance_scale=config.guidance_scale,
+        eta=config.eta, device=config.device,
+    )
+    prompts = enumerate_prompts()
+    seeds = derive_seeds(seed, num_seeds)
+    plan = pd.DataFrame(
+        [(p, parse_prompt(p).category, s) for p in prompts for s in seeds], columns=["prompt", "category", "seed"]
+    )
+    scores = np.empty(len(plan))
+    for start in tqdm(range(0, len(plan), config.batch_size), desc="base model on candidates"):
+        part = plan.iloc[start : start + config.batch_size]
+        images = sample(part["prompt"].tolist(), part["seed"].tolist())
+        scores[start : start + len(part)] = score_fn(images, part["prompt"].tolist())
+    logger.info("Scored %d candidates × %d seeds with %s", len(prompts), num_seeds, score)
+    return plan.assign(score=scores)
+
+
+def select_prompts(scores: pd.DataFrame, params: dict[str, Any]) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+    """The rule applied to the measured scores: the prompt file, the per-candidate rates, a summary."""
+    rule = _selection_settings(params)[0]
+    rates = solve_rates(scores, rule.solved_threshold)
+    table, summary = select_headroom_prompts(rates, rule)
+    for category in CATEGORIES:
+        counts = summary["categories"].get(category, {})
+        logger.info("%s: %s", category, counts)
+    if summary["one_sided_categories"]:
+        logger.warning("categories with a single qualifying prompt (train only): %s", summary["one_sided_categories"])
+    if summary["train"]["prompts"] < 8 or summary["heldout"]["prompts"] < 8:
+        logger.warning("fewer than 8 train or held-out prompts: %s / %s",
+                       summary["train"]["prompts"], summary["heldout"]["prompts"])
+    return table, rates, summary

@@ -1,0 +1,192 @@
+"""The update's options against hand computations: per-step weights, groups with shared noise and
+group-relative advantages, step windows, no-CFG updates, the value function's Tweedie features."""
+
+import numpy as np
+import pytest
+import torch
+
+from dpok.models import build_ddim_scheduler
+from dpok.rl import FinetuneConfig, TransitionBuffer, guided_noise_prediction, load_checkpoint, train_dpok
+from dpok.rl.losses import group_statistics, policy_loss
+from dpok.rl.sampling import policy_gradient_scale, predicted_original_sample
+from dpok.rl.trainer import _draw_prompts, _sample_round, step_weights, value_variance_ratio
+from dpok.rl.value import ValueFunction
+
+
+def _closed_form_scale(scheduler, eta: float = 1.0) -> np.ndarray:
+    """|c_t|/σ_t from docs/algorithm.md in float64, from the scheduler's ᾱ table alone."""
+    alphas = scheduler.alphas_cumprod.double().numpy()
+    stride = scheduler.config.num_train_timesteps // scheduler.num_inference_steps
+    final = float(scheduler.final_alpha_cumprod)
+    out = []
+    for t in scheduler.timesteps.tolist():
+        a_t = alphas[t]
+        a_prev = alphas[t - stride] if t - stride >= 0 else final
+        sigma = eta * np.sqrt((1 - a_prev) / (1 - a_t)) * np.sqrt(1 - a_t / a_prev)
+        c = np.sqrt(1 - a_prev - sigma**2) - np.sqrt(a_prev) * np.sqrt(1 - a_t) / np.sqrt(a_t)
+        out.append(abs(c) / sigma)
+    return np.asarray(out)
+
+
+def test_policy_gradient_scale_is_c_over_sigma_and_peaks_at_the_last_step():
+    scheduler = build_ddim_scheduler({})
+    scheduler.set_timesteps(20)
+    scale = policy_gradient_scale(scheduler, scheduler.timesteps)
+    np.testing.assert_allclose(scale.numpy(), _closed_form_scale(scheduler), rtol=1e-4)
+    # SD's schedule (steps_offset 1): the step t = 51 → 1 has |c_t|/σ_t ≈ 5.4, every other ≈ 0.6–1.1
+    assert scheduler.timesteps[18] == 51 and scale.argmax() == 18
+    assert scale[18] == pytest.approx(5.43, abs=0.01) and (scale[:18].max() < 1.2) and scale[19] < 1.2
+
+
+def test_equalised_step_weights_make_every_trained_step_count_the_same():
+    scheduler = build_ddim_scheduler({})
+    config = FinetuneConfig(num_inference_steps=10, step_weighting="equalise", train_step_window=(0.0, 0.9))
+    weights = step_weights(scheduler, config)
+    scale = policy_gradient_scale(scheduler, scheduler.timesteps)
+    weighted = (weights * scale)[:9]
+    torch.testing.assert_close(weighted, torch.full_like(weighted, float(scale[:9].mean())))
+    assert torch.equal(step_weights(scheduler, FinetuneConfig(num_inference_steps=10)), torch.ones(10))
+
+
+@pytest.mark.parametrize("clip_mode", ["ppo", "dpok_clamp"])
+def test_weighted_surrogate_is_the_weighted_mean_of_the_per_transition_terms(clip_mode):
+    advantage = torch.tensor([1.0, -2.0, 0.5, 3.0])
+    ratio = torch.tensor([1.2, 0.7, 1.0, 0.95])
+    weights = torch.tensor([0.5, 2.0, 1.0, 0.1])
+    eps = 0.1
+    clipped = ratio.clamp(1 - eps, 1 + eps)
+    if clip_mode == "ppo":
+        terms = torch.maximum(-advantage * ratio, -advantage * clipped)
+    else:
+        terms = -advantage * clipped
+    expected = (weights * terms).sum() / 4
+    torch.testing.assert_close(policy_loss(clip_mode, advantage, ratio, eps, weights), expected)
+    torch.testing.assert_close(policy_loss(clip_mode, advantage, ratio, eps), terms.mean())
+
+
+def test_group_statistics_by_hand():
+    groups = [0, 0, 0, 1, 1, 1, 2, 2]
+    rewards = np.array([1.0, 0.0, 0.5, 0.3, 0.3, 0.3, 0.2, 0.6])
+    means, scales, varied = group_statistics(groups, rewards, "prompt", eps=0.0)
+    np.testing.assert_allclose(means, [0.5, 0.5, 0.5, 0.3, 0.3, 0.3, 0.4, 0.4])
+    np.testing.assert_allclose(scales[:3], np.std([1.0, 0.0, 0.5]))
+    np.testing.assert_allclose(scales[6:], 0.2)
+    assert varied.tolist() == [True, True, True, False, False, False, True, True]
+    _, pooled, _ = group_statistics(groups, rewards, "pooled", eps=0.0)
+    centred = np.array([0.5, -0.5, 0.0, -0.2, 0.2])  # the varied groups' rewards minus their group mean
+    np.testing.assert_allclose(pooled, np.sqrt(np.mean(centred**2)))
+
+
+def test_groups_share_their_starting_noise_and_nothing_else(make_pipeline):
+    pipeline = make_pipeline()
+    config = FinetuneConfig(g_batch=6, trajectories_per_prompt=3, num_inference_steps=3, share_initial_noise=True)
+    prompts, groups = _draw_prompts(["a red circle", "a blue square"], config, round_number=1)
+    assert groups == [0, 0, 0, 1, 1, 1] and len(set(prompts[:3])) == 1
+    trajectory = _sample_round(pipeline, prompts, groups, config, 1)
+    x_T, x_0 = trajectory.latents[:, 0], trajectory.latents[:, -1]
+    assert torch.equal(x_T[0], x_T[1]) and torch.equal(x_T[0], x_T[2]) and torch.equal(x_T[3], x_T[5])
+    assert not torch.equal(x_T[0], x_T[3])
+    assert not torch.equal(x_0[0], x_0[1])  # the per-step noise is each trajectory's own
+    independent = _sample_round(pipeline, prompts, groups, FinetuneConfig(
+        g_batch=6, trajectories_per_prompt=3, num_inference_steps=3), 1)
+    assert not torch.equal(independent.latents[0, 0], independent.latents[1, 0])
+
+
+def test_without_cfg_the_update_is_the_cfg_update_at_guidance_one(make_pipeline):
+    unet = make_pipeline().unet
+    torch.manual_seed(0)
+    latents = torch.randn(3, unet.config.in_channels, unet.config.sample_size, unet.config.sample_size)
+    cond = torch.randn(3, 5, unet.config.cross_attention_dim)
+    uncond = torch.randn(3, 5, unet.config.cross_attention_dim)
+    timesteps = torch.tensor([901, 501, 101])
+    with torch.no_grad():
+        guided = guided_noise_prediction(unet, latents, timesteps, cond, uncond, 1.0)
+        plain = guided_noise_prediction(unet, latents, timesteps, cond, None, 1.0)
+    torch.testing.assert_close(guided, plain, rtol=1e-5, atol=1e-6)
+
+
+def test_only_the_window_steps_enter_the_buffer(make_pipeline, prompts, reward_fn, small_config, tmp_path):
+    config = small_config(num_rounds=1, num_inference_steps=4, train_step_window=[0.5, 1.0], g_batch=4)
+    train_dpok(make_pipeline(), prompts, reward_fn, config, tmp_path, progress=False)
+    buffer = TransitionBuffer(config.buffer_size)
+    buffer.load_state_dict(load_checkpoint(tmp_path / "round_000001").buffer)
+    batch = buffer.get(torch.arange(len(buffer)))
+    assert len(buffer) == 4 * 2 and sorted(set(batch.step_indices.tolist())) == [2, 3]
+    scheduler = build_ddim_scheduler({})
+    scheduler.set_timesteps(4)
+    assert sorted(set(batch.timesteps.tolist())) == sorted(scheduler.timesteps[2:].tolist())
+
+
+def test_uniform_groups_are_left_out(make_pipeline, prompts, small_config, tmp_path):
+    config = small_config(num_rounds=2, g_batch=4, trajectories_per_prompt=2, reward_normalisation="group")
+    result = train_dpok(make_pipeline(), prompts, lambda images, p: np.full(len(p), 0.5), config, tmp_path,
+                        progress=False)
+    assert [row["uniform_groups"] for row in result.history] == [2, 2]
+    assert all(np.isnan(row["policy_loss"]) for row in result.history)  # nothing to learn from
+    assert all(v.abs().max() == 0 for k, v in result.lora_state.items() if "lora_B" in k)
+
+
+def test_tweedie_estimate_equals_diffusers_pred_original_sample():
+    scheduler = build_ddim_scheduler({})
+    scheduler.set_timesteps(10)
+    torch.manual_seed(1)
+    sample, model_output = torch.randn(2, 4, 8, 8), torch.randn(2, 4, 8, 8)
+    for t in scheduler.timesteps[[0, 5, 9]].tolist():
+        expected = scheduler.step(model_output, t, sample, eta=1.0, variance_noise=torch.zeros_like(sample))
+        ours = predicted_original_sample(scheduler, model_output, torch.tensor([t, t]), sample)
+        torch.testing.assert_close(ours, expected.pred_original_sample, rtol=1e-5, atol=1e-5)
+
+
+def test_tweedie_reward_features_are_the_standardised_rewards_of_decoded_estimates(
+    make_pipeline, prompts, small_config, tmp_path
+):
+    seen = []
+
+    def reward(images, batch_prompts):
+        scores = images.astype(np.float64).mean(axis=(1, 2, 3)) / 255.0
+        seen.append(scores)
+        return scores
+
+    config = small_config(num_rounds=1, g_batch=4, num_inference_steps=3, value_features="tweedie_reward")
+    result = train_dpok(make_pipeline(), prompts, reward, config, tmp_path, progress=False)
+    assert np.isfinite(result.history[0]["value_variance_ratio"])
+    buffer = TransitionBuffer(config.buffer_size)
+    buffer.load_state_dict(load_checkpoint(tmp_path / "round_000001").buffer)
+    batch = buffer.get(torch.arange(len(buffer)))
+    latent_size = batch.latents[0].numel()
+    assert batch.value_features.shape == (4 * 3, latent_size + 1)
+    # reward_normalisation none: the feature is the raw reward of each transition's decoded x̂_0
+    estimates = np.concatenate(seen[1:])  # scored in chunks after the trajectories' own rewards
+    np.testing.assert_allclose(batch.value_features[:, -1].numpy(), estimates, rtol=1e-6)
+    # the last step's x̂_0 estimates the final latent: its reward is close to the trajectory's
+    np.testing.assert_allclose(estimates[2::3], seen[0], atol=0.01)
+
+
+def test_value_function_with_extra_features_needs_them():
+    value_fn = ValueFunction((4, 2, 2), text_dim=8, num_steps=3, extra_dim=5)
+    latents, steps, text = torch.randn(2, 4, 2, 2), torch.tensor([0, 2]), torch.randn(2, 8)
+    assert value_fn(latents, steps, text, torch.randn(2, 5)).shape == (2,)
+    with pytest.raises(ValueError, match="5 extra features"):
+        value_fn(latents, steps, text)
+
+
+def test_value_variance_ratio_by_hand():
+    targets = torch.tensor([1.0, -1.0, 2.0, 0.0, 5.0, 5.0])
+    baselines = torch.tensor([0.5, -0.5, 2.0, 0.0, 1.0, 2.0])
+    steps = torch.tensor([0, 0, 1, 1, 2, 2])
+    # step 0: residual ±0.5 → var 0.25 / var 1 ; step 1: 0 / 1 ; step 2: targets constant → left out
+    assert value_variance_ratio(targets, baselines, steps) == pytest.approx((0.25 + 0.0) / 2)
+
+
+def test_score_gain_is_the_per_step_ridge_fit_and_starts_the_value_at_the_score_term():
+    value_fn = ValueFunction((4, 2, 2), text_dim=8, num_steps=3, extra_dim=2, has_score=True)
+    steps = torch.tensor([0, 0, 1, 1, 1])
+    features = torch.tensor([[9.0, 1.0], [9.0, -1.0], [9.0, 2.0], [9.0, 0.0], [9.0, -2.0]])
+    targets = torch.tensor([0.5, -0.5, 2.0, 1.0, -2.0])
+    value_fn.fit_score_gain(steps, features, targets, ridge=0.5)
+    expected = [(0.5 + 0.5) / (2 + 0.5 * 2), (4.0 + 4.0) / (8 + 0.5 * 3), 0.0]  # step 2 unseen: stays 0
+    torch.testing.assert_close(value_fn.score_gain, torch.tensor(expected))
+    latents, text = torch.zeros(5, 4, 2, 2), torch.zeros(5, 8)
+    with torch.no_grad():  # the MLP's head starts at zero: V is exactly the score term
+        values = value_fn(latents, steps, text, features)
+    torch.testing.assert_close(values, torch.tensor(expected)[steps] * features[:, 1])
