@@ -51,7 +51,7 @@ class FinetuneConfig:
         lora_alpha: LoRA α (the update is scaled by α/r).
         lora_target_modules: UNet module names LoRA attaches to. The default reaches the ResNet
             convolutions and feed-forward layers: attention-only LoRA learned nothing on the tiny model
-            (SHAPES_WORLD.md).
+            (docs/shapes_world.md).
         learning_rate: AdamW learning rate of the LoRA weights.
         adam_weight_decay: AdamW weight decay of the LoRA weights.
         max_grad_norm: Gradient-norm clip of each policy step.

@@ -372,7 +372,7 @@ def _reward_statistics(
 
 def _value_features(
     pipeline, reward_fn: RewardFn, trajectory: Trajectory, means: np.ndarray, scales: np.ndarray,
-    config: FinetuneConfig, chunk_size: int,
+    config: FinetuneConfig, chunk_size: int, round_number: int,
 ) -> torch.Tensor | None:
     """The extra inputs of V_φ for every transition of ``trajectory`` (``value_features``), (B·T, F)."""
     if config.value_features == "latent":
@@ -390,7 +390,7 @@ def _value_features(
         device = pipeline.unet.device
         scores = np.concatenate([
             _score(reward_fn, decode_latents(pipeline, x0_hat[i : i + chunk_size].to(device)),
-                   prompts[i : i + chunk_size], -1)
+                   prompts[i : i + chunk_size], round_number)
             for i in range(0, batch * steps, chunk_size)
         ])
         standardised = (scores - np.repeat(means, steps)) / np.repeat(scales, steps)
@@ -425,7 +425,7 @@ def value_variance_ratio(targets: torch.Tensor, baselines: torch.Tensor, step_in
 
 def _push_transitions(
     pipeline, reward_fn: RewardFn, run: RunState, config: FinetuneConfig, trajectory: Trajectory,
-    rewards: np.ndarray, groups: list[int],
+    rewards: np.ndarray, groups: list[int], round_number: int,
 ) -> dict[str, float]:
     """Standardise the rewards, cut the trained window, and push its transitions with their baselines.
 
@@ -447,7 +447,9 @@ def _push_transitions(
     baselines = torch.zeros(len(kept) * steps)
     if run.value_fn is not None:
         chunk = config.sample_batch_size or config.g_batch
-        features = _value_features(pipeline, reward_fn, trained, means[kept], scales[kept], config, chunk)
+        features = _value_features(
+            pipeline, reward_fn, trained, means[kept], scales[kept], config, chunk, round_number
+        )
         # Baselines come from V_φ before it is fitted on these transitions: fitted on them, an MLP memorises
         # the few trajectories' rewards and r − V collapses to noise (no learning in a shapes-world test).
         baselines = _baselines(run.value_fn, trained, first_step, features, pipeline.unet.device)
@@ -639,7 +641,9 @@ def _train_round(
         kl_bound = _kl_report(unet, scheduler, trajectory, config)
     with clock("update"):
         # 2. standardised rewards and the trained steps' transitions into the buffer, with baselines
-        baseline_metrics = _push_transitions(pipeline, reward_fn, run, config, trajectory, rewards, groups)
+        baseline_metrics = _push_transitions(
+            pipeline, reward_fn, run, config, trajectory, rewards, groups, round_number
+        )
         del trajectory
         value_losses = _value_steps(run, config, round_number, device)  # 3. value steps
         policy = _policy_steps(unet, scheduler, run, config, round_number, weights)  # 4. policy steps

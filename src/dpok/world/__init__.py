@@ -2,7 +2,7 @@
 
 Pure library (numpy, Pillow, scipy): a prompt grammar, a scene sampler and renderer, the judge
 (alignment reward), the quality score (prompt-free "aesthetic" score) and the skewed caption
-distribution of the base model. The design note is SHAPES_WORLD.md in the project docs.
+distribution of the base model. The design note is docs/shapes_world.md.
 """
 
 from __future__ import annotations
