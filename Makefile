@@ -22,6 +22,9 @@ install: $(STAMP)
 # torch first (the CPU wheel on local disk here), then everything else with torch held at that version,
 # so no dependency can pull a multi-GB CUDA build. A GPU user installs their CUDA torch 2.13.0 first.
 $(STAMP): pyproject.toml constraints.txt
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' || { \
+	  echo "dpok needs Python 3.11 (pyproject.toml: requires-python), but $(PYTHON) is $$($(PYTHON) -V 2>&1)."; \
+	  echo "Install 3.11 and run: make PYTHON=python3.11 $(MAKECMDGOALS)"; exit 1; }
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q torch==2.13.0
@@ -45,3 +48,7 @@ repro: install
 
 bench: install
 	$(BIN)/python scripts/bench_world.py
+
+# Start over: the next `make run` / `make test` builds .venv afresh.
+clean-venv:
+	rm -rf $(VENV)

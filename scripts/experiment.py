@@ -37,7 +37,9 @@ class _BudgetSpent(Exception):
 
 
 def _settings(overrides: list[str]) -> dict:
-    params = yaml.safe_load((ROOT / "conf/base/parameters_finetune.yml").read_text())["finetune"]["rl"]
+    from dpok.config import project_parameters
+
+    params = project_parameters(project_root=ROOT)["finetune"]["rl"]
     for item in overrides:
         key, _, value = item.partition("=")
         if key not in params:

@@ -159,8 +159,11 @@ def build_imagereward(tiny: bool, device: torch.device):
     from dpok.models.imagereward import ImageRewardScorer, build_imagereward_model
 
     med, vision = (TINY_MED, TINY_VISION) if tiny else (IMAGEREWARD_MED, IMAGEREWARD_VISION)
+    # BLIP's layout at the model's size: a BERT vocabulary (the words, then fillers), then [DEC] and [ENC]
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]
+    vocab += [f"[unused{i}]" for i in range(med["vocab_size"] - 2 - len(vocab))]
     tokenizer = BertTokenizer(vocab={token: i for i, token in enumerate(vocab)})
+    tokenizer.add_special_tokens({"bos_token": "[DEC]", "additional_special_tokens": ["[ENC]"]})
     torch.manual_seed(0)
     with torch.device(device):
         model = build_imagereward_model(med, vision)
@@ -168,7 +171,11 @@ def build_imagereward(tiny: bool, device: torch.device):
 
 
 def sd15_rl_settings(tiny: bool) -> dict[str, Any]:
-    params = yaml.safe_load((ROOT / "conf/sd15/parameters_finetune.yml").read_text())["finetune"]["rl"]
+    # conf/sd15 holds only what differs from conf/base; the `rl` block is flat, so Kedro's soft merge of the
+    # two is a dict update (without importing Kedro, which the GPU machine may lack)
+    params = {}
+    for env in ("base", "sd15"):
+        params.update(yaml.safe_load((ROOT / f"conf/{env}/parameters_finetune.yml").read_text())["finetune"]["rl"])
     params.update(num_rounds=1, checkpoint_every=1, resume=False)
     if tiny:
         params.update(TINY_ROUND)

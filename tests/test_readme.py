@@ -6,22 +6,19 @@ finetune/evaluate pipelines have their own tests; `make run` and `dvc repro` are
 tests/pipelines/test_shapes_single_env.py runs it for two rounds.
 """
 
-import os
 import re
 import shutil
 import socket
 import subprocess
-import sys
 import time
 import urllib.request
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
+from helpers import BIN, ROOT, copy_project
+from helpers import OFFLINE_ENV as ENV
+
 README = (ROOT / "README.md").read_text()
-ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "KEDRO_DISABLE_TELEMETRY": "1", "DO_NOT_TRACK": "1", "DVC_NO_ANALYTICS": "1"}
 
 
 def bash_blocks() -> list[str]:
@@ -31,14 +28,6 @@ def bash_blocks() -> list[str]:
 def commands() -> list[str]:
     lines = [line.split("#")[0].strip() for block in bash_blocks() for line in block.splitlines()]
     return [line for line in lines if line]
-
-
-def copy_project(tmp_path: Path) -> Path:
-    target = tmp_path / "project"
-    shutil.copytree(ROOT, target, ignore=shutil.ignore_patterns(
-        ".venv", ".git", "mlruns", "mlflow.db", "mlartifacts", "data", "__pycache__", ".pytest_cache", "build", ".dvc"))
-    shutil.copytree(ROOT / "data/01_raw", target / "data/01_raw")
-    return target
 
 
 def test_quickstart_is_what_the_makefile_and_ci_run():
@@ -118,3 +107,27 @@ def test_lora_snippet_runs(tmp_path, monkeypatch):
     namespace: dict = {}
     exec(compile(snippet, "README.md", "exec"), namespace)
     assert namespace["image"].size == (32, 32)
+
+
+def test_readme_is_a_users_document_that_cites_only_the_repo():
+    assert len(README.splitlines()) <= 200
+    tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
+    for name in tracked:
+        path = ROOT / name
+        if not name.startswith(("src/", "conf/", "docs/", "scripts/", "notebooks/", "README.md")):
+            continue
+        if path.is_file():
+            assert "shared/docs" not in path.read_text(errors="ignore"), name
+    for link in re.findall(r"\]\((docs/[^)#]+)", README):
+        assert (ROOT / link).is_file(), link
+
+
+def test_make_refuses_a_python_other_than_3_11_and_says_how_to_fix_it(tmp_path):
+    fake = tmp_path / "python3.10"
+    fake.write_text('#!/bin/sh\nif [ "$1" = "-V" ]; then echo "Python 3.10.2"; exit 0; fi\nexit 1\n')
+    fake.chmod(0o755)
+    result = subprocess.run(["make", "install", f"VENV={tmp_path / 'venv'}", f"PYTHON={fake}"], cwd=ROOT,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode != 0
+    assert "dpok needs Python 3.11" in result.stdout and "make PYTHON=python3.11 install" in result.stdout
+    assert not (tmp_path / "venv").exists()

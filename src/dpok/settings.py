@@ -2,6 +2,11 @@
 
 from kedro.config import OmegaConfigLoader
 
+from dpok.hooks import RunSummaryHook
+
+# Prints where the outputs are and what changed when a run that fine-tuned ends.
+HOOKS = (RunSummaryHook(),)
+
 CONFIG_LOADER_CLASS = OmegaConfigLoader
 CONFIG_LOADER_ARGS = {
     "base_env": "base",
@@ -9,4 +14,7 @@ CONFIG_LOADER_ARGS = {
     # kedro-mlflow reads mlflow.yml through the loader; it ships in conf/base so a fresh clone tracks
     # to the local sqlite store without a `kedro mlflow init` step.
     "config_patterns": {"mlflow": ["mlflow*", "mlflow*/**"]},
+    # An environment's parameter files hold only what differs from base: nested keys merge one by one
+    # (a mapping such as `finetune.reward` merges too: a weight of 0 turns a base reward off).
+    "merge_strategy": {"parameters": "soft"},
 }

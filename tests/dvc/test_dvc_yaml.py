@@ -106,3 +106,11 @@ def test_metrics_and_plots(dvc_stages):
     assert document["stages"]["pretrain"]["frozen"] is True
     persist = [o for o in dvc_stages["finetune"]["outs"] if isinstance(o, dict) and "data/06_models/checkpoints" in o]
     assert persist and persist[0]["data/06_models/checkpoints"]["persist"] is True
+
+
+def test_the_finetune_stage_depends_on_all_the_code_a_run_executes(dvc_stages):
+    from dpok.provenance import RUN_CODE
+
+    deps = set(dvc_stages["finetune"]["deps"])
+    missing = [part for part in RUN_CODE if f"src/dpok/{part}".rstrip("/") not in deps]
+    assert not missing, f"add to the finetune stage's deps in dvc.yaml: {missing}"

@@ -4,6 +4,7 @@ re-statement of the official code, and scores are batched, deterministic and nor
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -306,8 +307,41 @@ def test_tokenizer_is_blips_and_pads_to_35(tiny):
 def test_a_tokenizer_larger_than_the_embeddings_is_refused(tiny):
     small = dict(tiny["med"], vocab_size=10)
     model = build_imagereward_model(small, tiny["options"]["vision"])
-    with pytest.raises(ValueError, match="tokenizer has 36 tokens but the text encoder only 10"):
+    with pytest.raises(ValueError, match="tokenizer has 36 tokens but the text encoder has 10 embeddings"):
         ImageRewardScorer(model, load_blip_tokenizer(tiny["options"]["tokenizer"]), "cpu")
+
+
+def test_a_smaller_tokenizer_or_misplaced_special_tokens_are_refused(tiny, tmp_path):
+    """Issue: a 5-token tokenizer (offline hub fallback, partial download) scored every prompt as [UNK]s."""
+    from transformers import BertTokenizer
+
+    from dpok.models.imagereward import check_blip_tokenizer
+
+    model = build_imagereward_model(dict(tiny["med"], vocab_size=40), tiny["options"]["vision"])
+    with pytest.raises(ValueError, match="tokenizer has 36 tokens but the text encoder has 40 embeddings"):
+        ImageRewardScorer(model, load_blip_tokenizer(tiny["options"]["tokenizer"]), "cpu")
+    five = BertTokenizer(vocab={t: i for i, t in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"])})
+    five.add_special_tokens({"bos_token": "[DEC]", "additional_special_tokens": ["[ENC]"]})
+    with pytest.raises(ValueError, match="tokenizer has 7 tokens but the text encoder has 36"):
+        check_blip_tokenizer(five, tiny["med"]["vocab_size"])
+    # the right size, but [DEC]/[ENC] at the front instead of after BERT's words
+    words = ["[PAD]", "[UNK]", "[DEC]", "[ENC]", "[SEP]", *[f"w{i}" for i in range(29)]]
+    shuffled = BertTokenizer(vocab={t: i for i, t in enumerate(words)})  # adds [CLS] and [MASK]: 36 tokens
+    with pytest.raises(ValueError, match=r"not where BLIP expects them \(ids \{'\[DEC\]': 2, '\[ENC\]': 3\}"):
+        check_blip_tokenizer(shuffled, 36)
+    check_blip_tokenizer(load_blip_tokenizer(tiny["options"]["tokenizer"]), tiny["med"]["vocab_size"])
+
+
+def test_a_partial_tokenizer_folder_is_refused_without_a_hub_lookup(tiny, tmp_path, monkeypatch):
+    import shutil
+
+    partial = tmp_path / "bert"
+    partial.mkdir()
+    shutil.copy(Path(tiny["options"]["tokenizer"]) / "tokenizer_config.json", partial)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)  # even online, a local folder never asks the hub
+    monkeypatch.setattr("huggingface_hub.hf_hub_download", lambda *a, **k: pytest.fail("hub lookup"))
+    with pytest.raises(FileNotFoundError, match="has no vocab.txt or tokenizer.json"):
+        load_blip_tokenizer(str(partial))
 
 
 def test_half_precision_scores_stay_close_and_the_head_stays_float32(tiny, scorer, pixels):
@@ -339,5 +373,25 @@ def test_med_config_is_checked(tiny, edit, message):
 
 def test_default_vision_settings_are_imagereward_vit_large():
     assert BlipVisionSettings() == BlipVisionSettings(224, 16, 1024, 24, 16, 4.0, 1e-6)
-    with pytest.raises(ValueError, match="unknown BLIP vision setting"):
+    with pytest.raises(ValueError, match=r"unknown key\(s\) imagereward\.vision\.depth"):
         BlipVisionSettings.from_dict({"depth": 3})
+
+
+def test_the_imagereward_reward_scores_the_originals_preprocessing(tiny):
+    """8-bit images are resized with PIL exactly as the original's transform (issue: the tensor resize
+    moved scores by up to 1.9e-3 when enlarging sharp images)."""
+    import numpy as np
+
+    from dpok.models.aesthetic import CLIP_MEAN, CLIP_STD
+    from dpok.rewards import get_reward_fn
+    from helpers import pil_clip_transform, sharp_image
+
+    images = np.stack([sharp_image(40, 56, seed=s) for s in range(4)])
+    prompts = ["a green colored rabbit", "a cat", "four wolves in the park", "a dog on the moon"]
+    options = {**tiny["options"], "checkpoint": str(tiny["independent"])}
+    reward = get_reward_fn("imagereward", **options, device="cpu")
+    scorer = load_imagereward(**options, device="cpu")
+    size = scorer.model.image_size
+    restated = torch.from_numpy(np.stack([pil_clip_transform(image, size) for image in images])).float()
+    pixels = restated * torch.tensor(CLIP_STD).view(1, 3, 1, 1) + torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)
+    np.testing.assert_allclose(reward(images, prompts), scorer.score(pixels, prompts).double().numpy(), rtol=0, atol=1e-4)

@@ -1,7 +1,6 @@
 """notebooks/after_a_run.ipynb runs headlessly on a copy of the project with synthetic run outputs."""
 
 import json
-import shutil
 
 import nbformat
 import numpy as np
@@ -10,16 +9,7 @@ from nbclient import NotebookClient
 
 from dpok.evaluation import comparison_metrics, curves_figure, image_grid, pair_manifests
 
-XSS_PROMPT = "<img src=x onerror=alert(1)>"
-
-
-def _copy_project(project_root, target):
-    shutil.copytree(
-        project_root, target,
-        ignore=shutil.ignore_patterns(".venv", ".git", "mlruns", "mlflow.db", "mlartifacts", "data", "__pycache__",
-                                      ".pytest_cache", ".ipynb_checkpoints", "*.egg-info"),
-    )
-    return target
+from helpers import XSS_PROMPT, copy_project
 
 
 def _synthetic_outputs(reporting):
@@ -36,16 +26,15 @@ def _synthetic_outputs(reporting):
     image_grid([rng.integers(0, 255, (4, 8, 8, 3), dtype=np.uint8)] * 2, ["a red circle", XSS_PROMPT]).save(
         reporting / "comparison_grid.png")
     curves_figure({"reward_mean": ([1, 2, 3], [0.1, 0.3, 0.4])}, "DPOK fine-tuning", "round").save(
-        reporting / "learning_curves.png")
+        reporting / "finetune_curves.png")
     return metrics
 
 
-def test_after_a_run_notebook_executes_and_shows_grid_table_and_curves(project_root, tmp_path, monkeypatch):
-    project = _copy_project(project_root, tmp_path / "project")
+def test_after_a_run_notebook_executes_and_shows_grid_table_and_curves(tmp_path, monkeypatch):
+    project = copy_project(tmp_path, data=())
     metrics = _synthetic_outputs(project / "data/08_reporting")
     # kedro-mlflow connects to the tracking store when the session starts; creating the sqlite store
     # takes ~7 s of migrations. The notebook tracks nothing, so the copy uses mlflow's file store.
-    (project / "conf/local").mkdir(parents=True, exist_ok=True)
     (project / "conf/local/mlflow.yml").write_text(
         (project / "conf/base/mlflow.yml").read_text().replace("sqlite:///mlflow.db", "mlruns"))
     monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")

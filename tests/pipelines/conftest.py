@@ -1,13 +1,12 @@
 """Fixtures for the pipeline tests: the evaluation catalog on tmp paths, a tiny model, a LoRA."""
 
-import copy
 from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
 
-XSS_PROMPT = "<img src=x onerror=alert(1)>"
+from helpers import XSS_PROMPT, load_config, local_entry
 
 # Tiny-model words only (dpok.models.build_tiny_pipeline), plus the escaping case.
 EVAL_PROMPTS_CSV = f"""prompt,category,split
@@ -43,27 +42,15 @@ def register_test_rewards() -> None:
         return reward
 
 
-def _local_entry(entry: dict, root: Path) -> dict:
-    """A catalog entry without its MLflow wrapper, with its path under ``root``."""
-    entry = copy.deepcopy(entry)
-    if entry["type"].endswith("MlflowArtifactDataset"):
-        entry = entry["dataset"]
-    if entry["type"].endswith("MlflowMetricsHistoryDataset"):
-        return {"type": "MemoryDataset"}
-    for key in ("filepath", "path"):
-        if key in entry:
-            entry[key] = str(root / entry[key])
-    return entry
-
-
 def make_evaluation_catalog(project_root: Path, root: Path, sampling: dict | None = None):
     """The project's ``catalog_evaluation.yml`` with every path under ``root`` and MLflow left out,
     plus a prompt file and the parameters (tiny settings)."""
     from kedro.io import DataCatalog
 
     register_test_rewards()
-    config = yaml.safe_load((project_root / "conf/base/catalog_evaluation.yml").read_text())
-    catalog = DataCatalog.from_config({name: _local_entry(entry, root) for name, entry in config.items()})
+    names = yaml.safe_load((project_root / "conf/base/catalog_evaluation.yml").read_text())
+    resolved = load_config(project_root)["catalog"]  # globals filled in
+    catalog = DataCatalog.from_config({name: local_entry(resolved[name], root) for name in names})
     prompt_file = root / "prompts.csv"
     prompt_file.write_text(EVAL_PROMPTS_CSV)
     catalog["params:prompts"] = {"path": str(prompt_file), "max_chars": 300, "heldout_fraction": 0.0}

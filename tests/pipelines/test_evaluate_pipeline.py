@@ -3,6 +3,7 @@
 import json
 import re
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -12,11 +13,12 @@ from kedro.runner import SequentialRunner
 from PIL import Image
 
 from dpok.evaluation import bootstrap_mean_ci
+from dpok.evaluation.history import learning_curves
 from dpok.evaluation.metrics import _group_seed
 from dpok.pipelines.evaluate import create_pipeline as evaluate_pipeline
 from dpok.pipelines.pretrained import create_pipeline as pretrained_pipeline
 
-XSS_PROMPT = "<img src=x onerror=alert(1)>"
+from helpers import XSS_PROMPT
 HISTORY = pd.DataFrame({
     "round": range(1, 6), "reward_mean": [0.1, 0.2, 0.3, 0.35, 0.4], "reward_std": 0.1, "reward_min": 0.0,
     "reward_max": 1.0, "kl_bound_nats": [0.0, 0.01, 0.02, 0.03, 0.04], "policy_loss": [0.5, 0.4, 0.3, 0.2, 0.1],
@@ -29,9 +31,16 @@ def _images(folder, files):
 
 
 def _run_evaluate(catalog, base_model, lora):
+    from kedro_datasets.pillow import ImageDataset
+
     catalog["base_model"] = base_model
     catalog["lora"] = MemoryDataset(lora)
-    catalog["finetune_history"] = HISTORY
+    # what the finetune pipeline leaves next to the report (the report links them)
+    reporting = Path(catalog.get("evaluation_report")._describe()["filepath"]).parent
+    figures = {"finetune_curves": learning_curves(HISTORY), "finetune_reward_curves": Image.new("RGB", (8, 8))}
+    for name, figure in figures.items():
+        catalog[name] = ImageDataset(filepath=str(reporting / f"{name}.png"))
+        catalog.save(name, figure)
     SequentialRunner().run(evaluate_pipeline(), catalog)
 
 
@@ -101,7 +110,7 @@ def test_report_figures_and_time_split(runs):
     grid = Image.open(reporting / "comparison_grid.png")
     # 4 prompts (grid_max_prompts) × (2 base + 2 fine-tuned) 16-px images at scale 3 with 2-px gaps.
     assert grid.size == (260 + 4 * 50 + 2, 16 + 4 * 50 + 2)
-    assert Image.open(reporting / "learning_curves.png").size[0] > 400
+    assert Image.open(reporting / "finetune_curves.png").size[0] > 400
 
     timing = json.loads((reporting / "evaluate_timing.json").read_text())
     assert 0 < timing["sampling_seconds"] < timing["wall_seconds"] <= timing["pipeline_wall_seconds"]

@@ -8,10 +8,10 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-import yaml
 from kedro.io import DataCatalog, MemoryDataset
 from kedro.runner import SequentialRunner
 
+from dpok.config import project_parameters
 from dpok.models import ModelSourceError, load_lora, load_pipeline
 from dpok.pipelines.finetune import create_pipeline
 from dpok.pipelines.finetune.nodes import FinetuneRunConfig, validate_finetune_params
@@ -23,7 +23,7 @@ SHIPPED = ROOT / "data/06_models/shapes_base"
 
 
 def base_params() -> dict:
-    return yaml.safe_load((ROOT / "conf/base/parameters_finetune.yml").read_text())["finetune"]
+    return project_parameters()["finetune"]
 
 
 def tiny_settings(params: dict, tmp_path: Path) -> dict:
@@ -42,8 +42,8 @@ PROMPTS = pd.DataFrame({"prompt": ["a green triangle", "a red circle"], "categor
 @pytest.mark.parametrize(
     "change, error, message",
     [
-        (lambda p: p["rl"].update(learning_rate=0.0), ValueError, "finetune.learning_rate must be"),
-        (lambda p: p["rl"].update(kl_weight=-0.1), ValueError, "finetune.kl_weight"),
+        (lambda p: p["rl"].update(learning_rate=0.0), ValueError, "finetune.rl.learning_rate must be"),
+        (lambda p: p["rl"].update(kl_weight=-0.1), ValueError, "finetune.rl.kl_weight"),
         (lambda p: p["rl"].update(p_batch=2000), ValueError, "p_batch"),
         (lambda p: p["rl"].update(kl_form="l2"), ValueError, "kl_form"),
         (lambda p: p.update(reward={"image_reward_typo": 1.0}), UnknownRewardError, "image_reward_typo"),
@@ -155,3 +155,59 @@ def test_run_fingerprint_separates_results_not_lengths():
     assert run_fingerprint(FinetuneRunConfig.from_dict(faster), ["a green triangle"], "m") != same
     assert run_fingerprint(config, ["a red circle"], "m") != same
     assert run_fingerprint(config, ["a green triangle"], "other model") != same
+    from dpok.provenance import source_digests
+
+    code = source_digests()
+    assert run_fingerprint(config, ["a green triangle"], "m", code) == same
+    assert run_fingerprint(config, ["a green triangle"], "m", {**code, "rl/trainer.py": "edited"}) != same
+
+
+def test_a_code_change_trains_afresh_instead_of_resuming_and_says_why(tmp_path, monkeypatch, caplog):
+    """Issue: `dvc repro` after a change to src/dpok/rl "resumed" the finished run of the old code."""
+    from dpok.pipelines.finetune import nodes
+    from dpok.provenance import source_digests
+
+    params = tiny_settings(base_params(), tmp_path)
+    params["rl"].update(num_rounds=1)
+    table = pd.read_csv(ROOT / "data/01_raw/prompts/shapes_eval.csv")
+    validated = validate_finetune_params(params, table)
+
+    def run() -> pd.DataFrame:
+        pipeline = load_pipeline(str(SHIPPED))
+        _, history, _ = nodes.finetune(pipeline, validated)
+        return history
+
+    first = run()
+    assert first["round"].tolist() == [1]
+    (folder,) = (tmp_path / "checkpoints").iterdir()
+    assert (folder / "identity.json").is_file() and (folder / "round_000001").is_dir()
+    caplog.clear()
+    with caplog.at_level("INFO"):
+        again = run()  # same code: resumes the finished run, nothing retrained
+    assert "Resuming DPOK" in caplog.text and "code changed" not in caplog.text
+    pd.testing.assert_frame_equal(again, first)
+
+    code = source_digests()
+    code["rl/losses.py"] = "0" * 64  # as if the file had been edited
+    monkeypatch.setattr(nodes, "source_digests", lambda: code)
+    caplog.clear()
+    with caplog.at_level("INFO"):
+        changed = run()
+    assert "Resuming DPOK" not in caplog.text
+    assert f"The code changed since the run with these settings in {folder} (rl/losses.py)" in caplog.text
+    assert changed["round"].tolist() == [1]
+    assert len(list((tmp_path / "checkpoints").glob("run-*/round_000001"))) == 2
+
+
+def test_source_digests_follow_every_byte_of_the_run_code(tmp_path):
+    from dpok.provenance import source_digests
+
+    (tmp_path / "rl").mkdir()
+    (tmp_path / "rl/a.py").write_text("x = 1\n")
+    (tmp_path / "devices.py").write_text("y = 2\n")
+    before = source_digests(("rl", "devices.py"), root=tmp_path)
+    assert set(before) == {"rl/a.py", "devices.py"}
+    (tmp_path / "rl/a.py").write_text("x = 1 \n")
+    assert source_digests(("rl", "devices.py"), root=tmp_path)["rl/a.py"] != before["rl/a.py"]
+    with pytest.raises(FileNotFoundError):
+        source_digests(("nothing",), root=tmp_path)

@@ -20,7 +20,7 @@ from dpok.evaluation import RatingsError
 from dpok.pipelines.evaluate import create_pipeline as evaluate_pipeline
 from dpok.pipelines.human_eval_import import create_pipeline as import_pipeline
 
-XSS_PROMPT = "<img src=x onerror=alert(1)>"
+from helpers import XSS_PROMPT
 PROMPTS = [("a red circle", "color", "train"), ("a blue square", "color", "train"),
            ("a dog on the left", "location", "train"), (XSS_PROMPT, "location", "heldout")]
 N_SEEDS = 4

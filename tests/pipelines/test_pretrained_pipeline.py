@@ -67,7 +67,7 @@ def test_pretrained_records_the_time_split_and_settings(pretrained_run):
     [
         ({"eta": 1.5}, r"pretrained\.eta must be a number in \[0, 1\]"),
         ({"images_per_prompt": 0}, r"pretrained\.images_per_prompt must be an integer >= 1"),
-        ({"bogus": 1}, r"unknown key\(s\) under 'pretrained': \['bogus'\]"),
+        ({"bogus": 1}, r"unknown key\(s\) pretrained\.bogus;"),
         ({"rewards": "shapes_judge"}, r"pretrained\.rewards must be a list"),
         ({"rewards": ["no_such_reward"]}, r"unknown reward 'no_such_reward'"),
         ({"quality": ["jpeg_compressibility"]}, r"not also listed under rewards"),

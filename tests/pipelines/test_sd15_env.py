@@ -3,27 +3,16 @@ that code path on a tiny random-weight SD-architecture model with the aesthetic 
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pandas as pd
 import pytest
 import torch
 import yaml
 
 from dpok.rl import FinetuneConfig
+from helpers import load_config, local_entry
 
 SD15_HUB_ID = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 PAPER_WORDS = tuple("a green colored rabbit cat and dog four wolves in the park on moon".split())
-
-
-def load_config(project_root: Path, env: str, runtime_params: dict | None = None):
-    from kedro.config import OmegaConfigLoader
-
-    from dpok.settings import CONFIG_LOADER_ARGS
-
-    return OmegaConfigLoader(
-        conf_source=str(project_root / "conf"), env=env, runtime_params=runtime_params or {}, **CONFIG_LOADER_ARGS
-    )
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +30,7 @@ def test_sd15_holds_the_papers_single_prompt_setting(sd15):
     assert (rl.buffer_size, rl.g_batch, rl.p_batch, rl.accum, rl.p_step) == (1000, 10, 4, 12, 5)
     assert rl.num_rounds * rl.p_step == 10_000  # the paper's total policy steps
     assert rl.mixed_precision in ("fp16", "bf16") and rl.gradient_checkpointing is False
-    assert params["finetune"]["reward"] == {"imagereward": 1.0}
+    assert params["finetune"]["reward"] == {"shapes_judge": 0.0, "imagereward": 1.0}  # 0: base's reward off
     assert params["prompts"]["path"] == "data/01_raw/prompts/paper_single.txt"
     base_model = sd15["catalog"]["base_model"]
     assert base_model["path"] == SD15_HUB_ID and base_model["torch_dtype"] == "float16"
@@ -52,8 +41,7 @@ def test_sd15_changes_values_not_code_paths(project_root, sd15):
     base_params, base_catalog = base["parameters"], base["catalog"]
     ours = sd15["parameters"]["finetune"]
     assert set(ours) == set(base_params["finetune"])
-    # every RL field spelled out; the base file may leave the newer ones at their defaults
-    assert set(base_params["finetune"]["rl"]) <= set(ours["rl"]) == set(FinetuneConfig().to_dict())
+    assert set(ours["rl"]) == set(base_params["finetune"]["rl"]) == set(FinetuneConfig().to_dict())
     assert set(sd15["parameters"]["prompts"]) == set(base_params["prompts"])
     overridden = yaml.safe_load((project_root / "conf/sd15/catalog.yml").read_text())
     for name in overridden:
@@ -107,10 +95,7 @@ def test_finetune_runs_in_the_sd15_code_path_on_a_tiny_model(project_root, sd15,
     )
     prompts = dict(params["prompts"], path=str(project_root / params["prompts"]["path"]))
 
-    outputs = {name: dict(sd15["catalog"][name]) for name in ("lora", "finetune_history", "finetune_curves")}
-    outputs["lora"]["path"] = str(tmp_path / "lora")
-    for name in ("finetune_history", "finetune_curves"):
-        outputs[name]["filepath"] = str(tmp_path / Path(outputs[name]["filepath"]).name)
+    outputs = {name: local_entry(sd15["catalog"][name], tmp_path) for name in ("lora", "finetune_history", "finetune_curves")}
     catalog = DataCatalog.from_config({"base_model": model_entry, **outputs})
     catalog["params:finetune"] = finetune
     catalog["params:prompts"] = prompts
@@ -123,7 +108,7 @@ def test_finetune_runs_in_the_sd15_code_path_on_a_tiny_model(project_root, sd15,
     lora = catalog.load("lora")
     assert (lora / "pytorch_lora_weights.safetensors").is_file()
     assert len(list((tmp_path / "checkpoints").glob("run-*/round_000001"))) == 1
-    assert (tmp_path / "finetune_curves.png").is_file()
+    assert (tmp_path / "data/08_reporting/sd15/finetune_curves.png").is_file()
     from safetensors.torch import load_file
 
     weights = load_file(lora / "pytorch_lora_weights.safetensors")

@@ -1,6 +1,5 @@
 """The headroom rule on a synthetic manifest: rates, the band, the hash split, categories on both sides."""
 
-import numpy as np
 import pandas as pd
 import pytest
 

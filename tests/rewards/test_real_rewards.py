@@ -53,7 +53,7 @@ def test_weights_load_on_the_first_call_only(files, images, monkeypatch):
 def test_imagereward_scores_are_the_models(files, images):
     reward = get_reward_fn("imagereward", **files["imagereward"], device="cpu", batch_size=2)
     scorer = imagereward_models.load_imagereward(**files["imagereward"], device="cpu")
-    expected = scorer.score(aesthetic_models.uint8_images_to_pixels(images), PROMPTS).double().numpy()
+    expected = scorer.score(aesthetic_models.pil_resize_crop(images, scorer.model.image_size), PROMPTS).double().numpy()
     np.testing.assert_allclose(reward(images, PROMPTS), expected, rtol=0, atol=1e-5)
     as_pil = [Image.fromarray(image) for image in images]
     np.testing.assert_allclose(reward(as_pil, PROMPTS), reward(images, PROMPTS), rtol=0, atol=0)

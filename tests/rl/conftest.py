@@ -72,6 +72,17 @@ def small_config():
             kl_report_trajectories=2,
             checkpoint_every=1,
             keep_last_checkpoints=2,
+            # The paper's objective (raw rewards, independent trajectories, V on the latent, steps alike),
+            # which most trainer tests check against; tests of the other options set them.
+            trajectories_per_prompt=1,
+            share_initial_noise=False,
+            reward_normalisation="none",
+            value_features="latent",
+            step_weighting="none",
+            reward_weight=10.0,
+            value_learning_rate=1e-4,
+            per_prompt_min_count=8,
+            per_prompt_scale="prompt",
         )
         params.update(overrides)
         return FinetuneConfig(**params)

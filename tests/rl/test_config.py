@@ -22,7 +22,7 @@ def test_defaults_are_valid_and_round_trip():
 def test_exact_message_for_a_bad_learning_rate():
     with pytest.raises(ValueError) as error:
         FinetuneConfig(learning_rate=-1)
-    assert str(error.value) == "finetune.learning_rate must be > 0, got -1"
+    assert str(error.value) == "finetune.rl.learning_rate must be > 0, got -1"
 
 
 @pytest.mark.parametrize(
@@ -61,12 +61,12 @@ def test_exact_message_for_a_bad_learning_rate():
     ],
 )
 def test_invalid_values_are_refused_naming_the_key(overrides, key):
-    with pytest.raises(ValueError, match=rf"finetune\.{key} must be"):
+    with pytest.raises(ValueError, match=rf"finetune\.rl\.{key} must be"):
         FinetuneConfig(**overrides)
 
 
 def test_unknown_keys_are_refused():
-    with pytest.raises(ValueError, match=r"unknown key\(s\) under 'finetune': \['learning_rte'\]"):
+    with pytest.raises(ValueError, match=r"unknown key\(s\) finetune\.rl\.learning_rte;"):
         FinetuneConfig.from_dict({"learning_rte": 1e-4})
 
 
@@ -76,5 +76,5 @@ def test_trajectories_per_prompt_must_divide_g_batch():
     from dpok.rl import FinetuneConfig
 
     assert FinetuneConfig(g_batch=16, trajectories_per_prompt=4).trajectories_per_prompt == 4
-    with pytest.raises(ValueError, match="finetune.trajectories_per_prompt must be a divisor of finetune.g_batch"):
+    with pytest.raises(ValueError, match="finetune.rl.trajectories_per_prompt must be a divisor of finetune.rl.g_batch"):
         FinetuneConfig(g_batch=16, trajectories_per_prompt=3)

@@ -100,12 +100,12 @@ def test_precision_settings_are_validated_and_may_change_on_resume(
     make_pipeline, prompts, reward_fn, small_config, tmp_path
 ):
     assert FinetuneConfig().mixed_precision == "no" and FinetuneConfig().gradient_checkpointing is False
-    with pytest.raises(ValueError, match="finetune.mixed_precision must be one of"):
+    with pytest.raises(ValueError, match="finetune.rl.mixed_precision must be one of"):
         FinetuneConfig(mixed_precision="fp8")
     # `mixed_precision: no` is false in YAML, and `dvc exp run -S` rewrites the file without quotes.
     assert FinetuneConfig(mixed_precision=False).mixed_precision == "no"
     assert FinetuneConfig.from_dict({"mixed_precision": False}).to_dict()["mixed_precision"] == "no"
-    with pytest.raises(ValueError, match="finetune.gradient_checkpointing must be true or false"):
+    with pytest.raises(ValueError, match="finetune.rl.gradient_checkpointing must be true or false"):
         FinetuneConfig(gradient_checkpointing="yes")
     _train(make_pipeline(), prompts, reward_fn, small_config(num_rounds=1), tmp_path)
     resumed = _train(

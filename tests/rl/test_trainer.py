@@ -84,7 +84,7 @@ def test_resumed_run_equals_the_uninterrupted_run(make_pipeline, prompts, reward
     )
     assert len(done.history) == 4 and done.last_checkpoint == tmp_path / "split" / "round_000004"
     untouched = make_pipeline()
-    with pytest.raises(ValueError, match="finetune.learning_rate"):
+    with pytest.raises(ValueError, match="finetune.rl.learning_rate"):
         train_dpok(untouched, prompts, reward_fn, small_config(num_rounds=6, learning_rate=0.5, **overrides),
                    tmp_path / "split", progress=False)
     assert not getattr(untouched.unet, "peft_config", None)  # refused before the adapter was attached

@@ -45,7 +45,7 @@ def test_equalised_step_weights_make_every_trained_step_count_the_same():
     scale = policy_gradient_scale(scheduler, scheduler.timesteps)
     weighted = (weights * scale)[:9]
     torch.testing.assert_close(weighted, torch.full_like(weighted, float(scale[:9].mean())))
-    assert torch.equal(step_weights(scheduler, FinetuneConfig(num_inference_steps=10)), torch.ones(10))
+    assert torch.equal(step_weights(scheduler, FinetuneConfig(num_inference_steps=10, step_weighting="none")), torch.ones(10))
 
 
 @pytest.mark.parametrize("clip_mode", ["ppo", "dpok_clamp"])
@@ -88,7 +88,7 @@ def test_groups_share_their_starting_noise_and_nothing_else(make_pipeline):
     assert not torch.equal(x_T[0], x_T[3])
     assert not torch.equal(x_0[0], x_0[1])  # the per-step noise is each trajectory's own
     independent = _sample_round(pipeline, prompts, groups, FinetuneConfig(
-        g_batch=6, trajectories_per_prompt=3, num_inference_steps=3), 1)
+        g_batch=6, trajectories_per_prompt=3, num_inference_steps=3, share_initial_noise=False), 1)
     assert not torch.equal(independent.latents[0, 0], independent.latents[1, 0])
 
 

@@ -8,7 +8,8 @@ import json
 
 import pytest
 import torch
-import yaml
+
+from dpok.config import project_parameters
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +50,7 @@ def test_tiny_run_reports_every_phase_as_json(gpu_check, tmp_path, capsys):
 
 
 def test_the_round_uses_conf_sd15s_rl_settings(gpu_check, project_root):
-    rl = yaml.safe_load((project_root / "conf/sd15/parameters_finetune.yml").read_text())["finetune"]["rl"]
+    rl = project_parameters("sd15")["finetune"]["rl"]  # what `kedro run --env sd15` trains with
     assert gpu_check.sd15_rl_settings(tiny=False) == {**rl, "num_rounds": 1, "checkpoint_every": 1, "resume": False}
 
 

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from typing import Any
+
+from dpok.config import from_mapping
 
 
 def _fail(block: str, name: str, requirement: str, value: Any) -> ValueError:
@@ -33,15 +35,6 @@ def _number(block: str, obj: Any, name: str, *, gt: float | None = None, ge: flo
     too_low = (gt is not None and not value > gt) or (ge is not None and not value >= ge)
     if too_low or (lt is not None and not value < lt):
         raise _fail(block, name, requirement, value)
-
-
-def _from_dict(cls, block: str, params: Mapping[str, Any] | None):
-    params = dict(params or {})
-    known = {f.name for f in fields(cls)}
-    unknown = set(params) - known
-    if unknown:
-        raise ValueError(f"unknown key(s) under '{block}': {sorted(unknown)}; expected some of {sorted(known)}")
-    return cls(**params)
 
 
 def _score_spec(block: str, name: str, value: Any) -> dict[str, dict[str, Any]]:
@@ -129,7 +122,7 @@ class SamplingConfig:
 
     @classmethod
     def from_dict(cls, params: Mapping[str, Any] | None) -> SamplingConfig:
-        return _from_dict(cls, "pretrained", params)
+        return from_mapping(cls, params, "pretrained")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -183,7 +176,7 @@ class EvaluateConfig:
 
     @classmethod
     def from_dict(cls, params: Mapping[str, Any] | None) -> EvaluateConfig:
-        return _from_dict(cls, "evaluate", params)
+        return from_mapping(cls, params, "evaluate")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -213,7 +206,7 @@ class HumanEvalConfig:
 
     @classmethod
     def from_dict(cls, params: Mapping[str, Any] | None) -> HumanEvalConfig:
-        return _from_dict(cls, "human_eval", params)
+        return from_mapping(cls, params, "human_eval")
 
 
 @dataclass(frozen=True)
@@ -235,4 +228,4 @@ class HumanEvalImportConfig:
 
     @classmethod
     def from_dict(cls, params: Mapping[str, Any] | None) -> HumanEvalImportConfig:
-        return _from_dict(cls, "human_eval_import", params)
+        return from_mapping(cls, params, "human_eval_import")

@@ -80,3 +80,36 @@ def training_reward_curves(
     fig.suptitle(title)
     fig.tight_layout()
     return figure_to_image(fig)
+
+
+def run_summary(history: pd.DataFrame, paths: dict[str, str], next_command: str | None) -> str:
+    """What a user reads when ``finetune`` ends: the reward at the start and end of training (mean and the
+    within-round spread over the first and last tenth of the rounds), the last KL bound, where the
+    outputs are, and the command that compares the fine-tuned model with the base model.
+
+    ``paths`` maps a label (``LoRA``, ``curves`` ...) to a file or folder; ``next_command`` is omitted
+    when the run already evaluated.
+    """
+    rounds = len(history)
+    if rounds == 0:
+        return "DPOK: no round was trained (the run resumed a finished checkpoint)."
+    tenth = max(1, rounds // 10)
+    first, last = history.iloc[:tenth], history.iloc[-tenth:]
+
+    def reward(part: pd.DataFrame) -> str:
+        return f"{part['reward_mean'].mean():.3f} ± {part['reward_std'].mean():.3f}"
+
+    span = "round 1" if tenth == 1 else f"rounds 1–{tenth}"
+    last_span = f"round {rounds}" if tenth == 1 else f"rounds {rounds - tenth + 1}–{rounds}"
+    lines = [
+        f"DPOK finished {rounds} round(s). Training reward (mean ± within-round std): "
+        f"{reward(first)} in {span} → {reward(last)} in {last_span}.",
+    ]
+    kl = history["kl_bound_nats"].dropna() if "kl_bound_nats" in history else pd.Series(dtype=float)
+    if len(kl):
+        lines.append(f"KL bound to the base model in the last reported round: {kl.iloc[-1]:.1f} nats per trajectory.")
+    width = max(len(label) for label in paths) if paths else 0
+    lines += [f"  {label + ':':<{width + 1}} {path}" for label, path in paths.items()]
+    if next_command:
+        lines.append(f"Before/after on fixed seeds: {next_command}")
+    return "\n".join(lines)

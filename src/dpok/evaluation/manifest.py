@@ -304,3 +304,16 @@ def log_sample_set(summary: Mapping[str, Any], label: str) -> None:
     )
     for split, values in summary["means"].items():
         logger.info("%s samples, %s: %s", label, split, {k: round(v, 4) for k, v in values.items()})
+
+
+def finish_sample_set(
+    samples: LazyScoredSamples, saved: Mapping[str, Any], settings: Mapping[str, Any], score_kinds: Mapping[str, str],
+    name: str, label: str,
+) -> tuple[pd.DataFrame, dict[str, Any], dict[str, Any]]:
+    """Once the catalog has written every PNG: the manifest (checked against what was saved), the
+    sampling summary (settings, timing, score means) and the same numbers as MLflow metrics."""
+    manifest, timing = samples.finish()
+    check_saved(manifest, saved, label.lower())
+    summary, metrics = sample_set_summary(manifest, timing, settings, score_kinds, name)
+    log_sample_set(summary, label)
+    return manifest, summary, metrics

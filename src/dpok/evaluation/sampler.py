@@ -2,22 +2,11 @@
 
 from __future__ import annotations
 
-import torch
 from diffusers import StableDiffusionPipeline
 
+from dpok.devices import resolve_device
 from dpok.evaluation.manifest import SampleBatchFn, ScoreFn
 from dpok.evaluation.sampling import iter_seeded_images
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` → CUDA when available, else CPU; otherwise the named device (checked to exist)."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' requested but torch sees no CUDA device; use 'auto' or 'cpu'")
-    if name == "mps" and not torch.backends.mps.is_available():
-        raise ValueError("device 'mps' requested but it is not available; use 'auto' or 'cpu'")
-    return torch.device(name)
 
 
 def pipeline_sampler(

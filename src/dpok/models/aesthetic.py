@@ -10,11 +10,14 @@ commented out in the original), so in eval mode it is one affine map, fitted wit
 ``layers.6``, ``layers.7`` (the odd indices are the dropouts).
 
 **Preprocessing** (CLIP's transform, which ImageReward uses too): resize the shorter side to 224 with
-bicubic filtering, centre-crop 224×224, scale to [0, 1], normalise by CLIP's mean/std. We do it on
-tensors, batched, on the scoring device (:func:`clip_preprocess`). The originals run torchvision on PIL
-images; PIL's bicubic is the same filter (Keys a = −0.5, widened when downscaling, as torch's
-``antialias=True``) but rounds to uint8 between its horizontal and vertical passes, so pixels differ by
-at most ~3/255 (mean ~0.3/255); ``tests/models/test_aesthetic.py`` measures it.
+bicubic filtering, centre-crop 224×224, scale to [0, 1], normalise by CLIP's mean/std. The rewards get
+8-bit images and need no gradient, so they resize exactly as the originals do, with PIL on each image
+(:func:`pil_resize_crop`, torchvision's size and crop arithmetic). :func:`clip_preprocess` is the same
+transform on float tensors, batched on the scoring device and differentiable, for a caller that needs a
+gradient through the reward: torch's bicubic (``antialias=True``) is PIL's filter, but PIL rounds to
+8 bits between its horizontal and vertical passes, so on sharp edges single pixels differ by up to
+26/255 when enlarging 40×56 images (mean 0.06/255; 10/255 and 0.015/255 when shrinking 512²), which
+moved ImageReward scores by up to 1.9e-3; ``tests/models/test_aesthetic.py`` measures both paths.
 
 Also here, because both reward models need them: device/dtype resolution, checking that a local path
 or hub id is usable before anything loads, and strict state-dict checks with errors that name the keys.
@@ -31,11 +34,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dpok.devices import check_device_name, check_dtype_name, resolve_device, resolve_dtype
+
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 SCORE_MLP_WIDTHS = (1024, 128, 64, 16)
 SCORE_MLP_KEYS = tuple(f"layers.{i}.{p}" for i in (0, 2, 4, 6, 7) for p in ("weight", "bias"))
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 class CheckpointMismatchError(ValueError):
@@ -45,30 +49,10 @@ class CheckpointMismatchError(ValueError):
 # --- devices, dtypes, sources ----------------------------------------------------------------------
 
 
-def resolve_device(device: str | torch.device) -> torch.device:
-    """``"auto"`` is CUDA when available, else CPU; anything else is passed to ``torch.device``."""
-    if isinstance(device, str) and device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
-def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype:
-    """``"auto"`` is float16 on CUDA and float32 elsewhere; else one of :data:`DTYPES` by name."""
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    if dtype == "auto":
-        return torch.float16 if device.type == "cuda" else torch.float32
-    if dtype not in DTYPES:
-        raise ValueError(f"dtype must be 'auto' or one of {sorted(DTYPES)}, got {dtype!r}")
-    return DTYPES[dtype]
-
-
 def check_device_and_dtype(reward: str, device: str, dtype: str) -> None:
     """Validate the ``device`` and ``dtype`` options of a reward without touching a GPU."""
-    if not isinstance(device, str) or not (device == "auto" or device.startswith(("cpu", "cuda", "mps"))):
-        raise ValueError(f"{reward}: device must be 'auto', 'cpu', 'cuda[:N]' or 'mps', got {device!r}")
-    if dtype != "auto" and dtype not in DTYPES:
-        raise ValueError(f"{reward}: dtype must be 'auto' or one of {sorted(DTYPES)}, got {dtype!r}")
+    check_device_name(f"{reward}: device", device)
+    check_dtype_name(f"{reward}: dtype", dtype)
 
 
 def _hub_offline() -> bool:
@@ -191,6 +175,26 @@ def check_state_dict(
 def uint8_images_to_pixels(images: np.ndarray) -> torch.Tensor:
     """``(N, H, W, 3)`` uint8 images to a float32 ``(N, 3, H, W)`` tensor in [0, 1] (torchvision's ToTensor)."""
     return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float().div_(255.0)
+
+
+def pil_resize_crop(images: np.ndarray, size: int) -> torch.Tensor:
+    """The originals' transform up to the normalisation, on ``(N, H, W, 3)`` uint8 images: PIL bicubic
+    resize of the shorter side to ``size`` (torchvision ``Resize(size, BICUBIC)`` on a PIL image), centre
+    crop ``size``×``size`` (``CenterCrop``), then ``ToTensor``. Returns float32 ``(N, 3, size, size)`` in
+    [0, 1], to be normalised by :func:`clip_preprocess` (which then neither resizes nor crops)."""
+    from PIL import Image
+
+    if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
+        raise ValueError(f"images must be uint8 (N, H, W, 3), got {images.dtype} {images.shape}")
+    height, width = resized_shape(images.shape[1], images.shape[2], size)
+    top, left = int(round((height - size) / 2.0)), int(round((width - size) / 2.0))
+    out = np.empty((len(images), size, size, 3), dtype=np.uint8)
+    for index, image in enumerate(images):
+        picture = Image.fromarray(image)
+        if (height, width) != image.shape[:2]:
+            picture = picture.resize((width, height), Image.Resampling.BICUBIC)
+        out[index] = np.asarray(picture.crop((left, top, left + size, top + size)))
+    return uint8_images_to_pixels(out)
 
 
 def resized_shape(height: int, width: int, size: int) -> tuple[int, int]:
@@ -368,8 +372,7 @@ __all__ = [
     "load_aesthetic_model",
     "load_score_mlp",
     "load_weights_file",
-    "resolve_device",
-    "resolve_dtype",
+    "pil_resize_crop",
     "resolve_file",
     "resolve_pretrained",
     "uint8_images_to_pixels",

@@ -39,9 +39,11 @@ One key is optional: ``blip.text_encoder.embeddings.position_ids``, a constant `
 BLIP's BERT saved with the weights (transformers later stopped saving it). If present it must equal
 ``arange(max_position_embeddings)``; it is then dropped (positions are computed, not stored).
 
-Differences from the official code: preprocessing runs on tensors (see :mod:`dpok.models.aesthetic` for
-the ≤3/255 pixel difference to PIL); scoring is batched (the official loop scores one image at a time);
-attention uses ``scaled_dot_product_attention`` (the same function, fused).
+Differences from the official code: the scorer normalises tensors, batched; the ``imagereward`` reward
+resizes 8-bit images with PIL exactly as the original (:func:`dpok.models.aesthetic.pil_resize_crop`),
+while the tensor resize of :func:`~dpok.models.aesthetic.clip_preprocess` (differentiable) differs
+slightly; scoring is batched (the official loop scores one image at a time); attention uses
+``scaled_dot_product_attention`` (the same function, fused).
 """
 
 from __future__ import annotations
@@ -50,7 +52,7 @@ import json
 import math
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -63,9 +65,9 @@ from dpok.models.aesthetic import (
     check_state_dict,
     clip_preprocess,
     load_weights_file,
-    resolve_device,
-    resolve_dtype,
 )
+from dpok.config import from_mapping
+from dpok.devices import resolve_device, resolve_dtype
 
 IMAGEREWARD_MEAN = 0.16717362830052426
 IMAGEREWARD_STD = 1.0333394966054072
@@ -138,11 +140,7 @@ class BlipVisionSettings:
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any] | None) -> BlipVisionSettings:
-        values = dict(values or {})
-        known = {f.name for f in fields(cls)}
-        if set(values) - known:
-            raise ValueError(f"unknown BLIP vision setting(s) {sorted(set(values) - known)}; known: {sorted(known)}")
-        return cls(**values)
+        return from_mapping(cls, values, "imagereward.vision")
 
     def to_config(self):
         from transformers import BlipVisionConfig
@@ -416,13 +414,50 @@ class ImageRewardModel(nn.Module):
 
 def load_blip_tokenizer(source: str):
     """BLIP's tokenizer: BERT's (a local folder or hub id such as ``bert-base-uncased``) plus ``[DEC]``
-    as BOS and ``[ENC]`` as an extra special token, as BLIP's ``init_tokenizer`` does."""
+    as BOS and ``[ENC]`` as an extra special token, as BLIP's ``init_tokenizer`` does.
+
+    A local folder is read with ``local_files_only`` (no hub lookup ever), and must hold BERT's vocabulary
+    (``vocab.txt`` or ``tokenizer.json``): a folder with only ``tokenizer_config.json`` (a partial
+    download) would otherwise load as a 5-token tokenizer without an error. With ``HF_HUB_OFFLINE``/``TRANSFORMERS_OFFLINE`` set, a hub id
+    is read from the cache only.
+    """
     from transformers import BertTokenizer
 
-    tokenizer = BertTokenizer.from_pretrained(source)
+    from dpok.models.aesthetic import _hub_offline
+
+    path = Path(source).expanduser()
+    local = path.exists()
+    if local and not any((path / name).is_file() for name in ("vocab.txt", "tokenizer.json")):
+        raise FileNotFoundError(
+            f"imagereward: tokenizer folder '{source}' has no vocab.txt or tokenizer.json (a partial download?); save "
+            "bert-base-uncased's tokenizer there again (docs/sd15.md)"
+        )
+    tokenizer = BertTokenizer.from_pretrained(str(path) if local else source, local_files_only=local or _hub_offline())
     tokenizer.add_special_tokens({"bos_token": "[DEC]"})
     tokenizer.add_special_tokens({"additional_special_tokens": ["[ENC]"]})
     return tokenizer
+
+
+def check_blip_tokenizer(tokenizer, vocab_size: int, pad_token_id: int = 0) -> None:
+    """Refuse a tokenizer that is not BLIP's for a text encoder of ``vocab_size`` embeddings: its size
+    must be ``vocab_size`` exactly, with ``[DEC]`` and ``[ENC]`` as the last two ids (where BLIP adds
+    them to BERT's vocabulary) and BERT's ``[PAD]``/``[CLS]``/``[SEP]`` inside it. A wrong tokenizer would
+    not fail later: it would score every prompt as ``[CLS] [UNK] … [SEP]``."""
+    fix = "use bert-base-uncased's tokenizer (the complete folder) with the checkpoint's med_config.json (docs/sd15.md)"
+    if len(tokenizer) != vocab_size:
+        raise ValueError(
+            f"imagereward: the tokenizer has {len(tokenizer)} tokens but the text encoder has {vocab_size} "
+            f"embeddings (BERT's vocabulary + [DEC] + [ENC]); {fix}"
+        )
+    expected = {"[DEC]": vocab_size - 2, "[ENC]": vocab_size - 1, "[PAD]": pad_token_id}
+    found = {token: tokenizer.convert_tokens_to_ids(token) for token in expected}
+    wrong = {token: found[token] for token in expected if found[token] != expected[token]}
+    missing = [token for token in ("[CLS]", "[SEP]") if tokenizer.convert_tokens_to_ids(token) == tokenizer.unk_token_id]
+    if wrong or missing:
+        raise ValueError(
+            f"imagereward: the tokenizer's special tokens are not where BLIP expects them (ids {wrong} instead of "
+            f"{ {k: expected[k] for k in wrong} }{', missing ' + str(missing) if missing else ''}); {fix}"
+        )
 
 
 class ImageRewardScorer:
@@ -439,11 +474,7 @@ class ImageRewardScorer:
         dtype: str | torch.dtype = "auto",
         batch_size: int = 16,
     ) -> None:
-        if len(tokenizer) > model.text_settings.vocab_size:
-            raise ValueError(
-                f"the tokenizer has {len(tokenizer)} tokens but the text encoder only {model.text_settings.vocab_size} "
-                "embeddings; use bert-base-uncased's tokenizer with the med_config.json of the checkpoint"
-            )
+        check_blip_tokenizer(tokenizer, model.text_settings.vocab_size, model.text_settings.pad_token_id)
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
         self.device = resolve_device(device)
@@ -578,6 +609,7 @@ __all__ = [
     "MedTextEncoder",
     "MedTextSettings",
     "build_imagereward_model",
+    "check_blip_tokenizer",
     "load_blip_tokenizer",
     "load_imagereward",
     "official_state_dict",

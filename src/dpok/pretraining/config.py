@@ -5,15 +5,10 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
+from dpok.config import check_keys, from_mapping
+
 
 RECONSTRUCTION_LOSSES = ("l1", "mse")
-
-
-def _check_keys(cls: type, params: dict[str, Any], where: str) -> None:
-    known = {f.name for f in fields(cls)}
-    unknown = set(params) - known
-    if unknown:
-        raise ValueError(f"unknown key(s) under '{where}': {sorted(unknown)}; expected some of {sorted(known)}")
 
 
 def _positive(where: str, **values: float) -> None:
@@ -132,14 +127,11 @@ class PretrainConfig:
 
     @classmethod
     def from_dict(cls, params: dict[str, Any]) -> PretrainConfig:
-        _check_keys(cls, params, "pretrain")
-        params = dict(params)
+        params = check_keys(params, {f.name for f in fields(cls)}, "pretrain")
         if "autoencoder" in params:
-            _check_keys(AutoencoderConfig, params["autoencoder"], "pretrain.autoencoder")
-            params["autoencoder"] = AutoencoderConfig(**params["autoencoder"])
+            params["autoencoder"] = from_mapping(AutoencoderConfig, params["autoencoder"], "pretrain.autoencoder")
         if "denoiser" in params:
-            _check_keys(DenoiserConfig, params["denoiser"], "pretrain.denoiser")
-            params["denoiser"] = DenoiserConfig(**params["denoiser"])
+            params["denoiser"] = from_mapping(DenoiserConfig, params["denoiser"], "pretrain.denoiser")
         return cls(**params)
 
     def to_dict(self) -> dict[str, Any]:

@@ -21,6 +21,8 @@ from typing import Any
 
 import pandas as pd
 
+from dpok.config import from_mapping
+
 logger = logging.getLogger(__name__)
 
 SPLITS = ("train", "heldout")
@@ -59,13 +61,7 @@ class PromptsConfig:
 
     @classmethod
     def from_dict(cls, params: dict[str, Any]) -> PromptsConfig:
-        known = set(cls.__dataclass_fields__)
-        unknown = set(params) - known
-        if unknown:
-            raise ValueError(
-                f"unknown key(s) under 'prompts': {sorted(unknown)}; expected some of {sorted(known)}"
-            )
-        return cls(**params)
+        return from_mapping(cls, params, "prompts")
 
 
 def _fail(path: Path, problem: str, fix: str) -> PromptFileError:
@@ -158,6 +154,25 @@ def _heldout_by_hash(prompt: str, fraction: float) -> bool:
     return int.from_bytes(digest[:8], "big") / 2**64 < fraction
 
 
+def _refuse_conflicting_duplicates(table: pd.DataFrame, path: Path) -> None:
+    """A prompt given twice (after whitespace normalisation) must not carry two splits or categories:
+    dropping one copy would silently move it, e.g. leak a held-out prompt into training."""
+    for column in ("split", "category"):
+        if column not in table:
+            continue
+        values = table[column].map(lambda v: str(v).strip().lower() if isinstance(v, str) and v.strip() else None)
+        conflicting = values.groupby(table["prompt"]).nunique(dropna=False)
+        conflicting = conflicting[conflicting > 1]
+        if len(conflicting):
+            prompt = conflicting.index[0]
+            rows = [int(i) + 1 for i in table.index[table["prompt"] == prompt]]
+            raise _fail(
+                path, f"prompt {prompt!r} appears {len(rows)} times (prompts {rows}, after whitespace "
+                f"normalisation) with different {column} values {sorted(map(str, values[table['prompt'] == prompt]))}",
+                f"keep one copy of the prompt, with the {column} it should have",
+            )
+
+
 def load_prompt_table(config: PromptsConfig, root: str | Path = ".") -> tuple[pd.DataFrame, dict]:
     """Read, normalise and validate the prompt file of ``config``.
 
@@ -181,6 +196,7 @@ def load_prompt_table(config: PromptsConfig, root: str | Path = ".") -> tuple[pd
             f"{config.max_chars}",
             "shorten the prompt or raise prompts.max_chars",
         )
+    _refuse_conflicting_duplicates(table, path)
     n_before = len(table)
     table = table.drop_duplicates(subset=["prompt"], keep="first").reset_index(drop=True)
     n_duplicates = n_before - len(table)

@@ -14,13 +14,9 @@ Example (``parameters_finetune.yml``)::
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
-
 import numpy as np
 
-from dpok.rewards.registry import RewardFn, register_reward
-from dpok.world import to_image_batch
+from dpok.rewards.registry import RewardFn, check_batch_size, lazily_loaded_reward, register_reward
 
 
 @register_reward("aesthetic")
@@ -46,20 +42,16 @@ def aesthetic(
     weights_path = resolve_file(mlp_weights, "aesthetic", "mlp_weights", fetch)
     clip_source = resolve_pretrained(clip_model, "aesthetic", "clip_model", "config.json", fetch)
     check_device_and_dtype("aesthetic", device, dtype)
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"aesthetic: batch_size must be a positive integer, got {batch_size!r}")
+    check_batch_size("aesthetic", batch_size)
 
-    model = None
+    def load():
+        from dpok.models.aesthetic import load_aesthetic_model
 
-    def reward(images: Any, prompts: Sequence[str]) -> np.ndarray:
-        nonlocal model
-        from dpok.models.aesthetic import load_aesthetic_model, uint8_images_to_pixels
+        return load_aesthetic_model(clip_source, weights_path, device, dtype)
 
-        batch = to_image_batch(images)
-        if len(prompts) != len(batch):
-            raise ValueError(f"got {len(batch)} images but {len(prompts)} prompts; pass exactly one prompt per image")
-        if model is None:
-            model = load_aesthetic_model(clip_source, weights_path, device, dtype)
-        return model.score(uint8_images_to_pixels(batch), batch_size).double().numpy()
+    def score(model, images: np.ndarray, prompts: list[str]) -> np.ndarray:
+        from dpok.models.aesthetic import pil_resize_crop
 
-    return reward
+        return model.score(pil_resize_crop(images, model.image_size), batch_size).double().numpy()
+
+    return lazily_loaded_reward(load, score)

@@ -16,13 +16,12 @@ Example (``parameters_finetune.yml``)::
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
-from dpok.rewards.registry import RewardFn, register_reward
-from dpok.world import to_image_batch
+from dpok.rewards.registry import RewardFn, check_batch_size, lazily_loaded_reward, register_reward
 
 FETCH_HINT = "fetch it once online as described in docs/sd15.md (huggingface-cli download THUDM/ImageReward ...)"
 
@@ -60,23 +59,19 @@ def imagereward(
         "save bert-base-uncased's tokenizer once online (see docs/sd15.md) or give its hub id while online",
     )
     check_device_and_dtype("imagereward", device, dtype)
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"imagereward: batch_size must be a positive integer, got {batch_size!r}")
+    check_batch_size("imagereward", batch_size)
 
-    scorer = None
-
-    def reward(images: Any, prompts: Sequence[str]) -> np.ndarray:
-        nonlocal scorer
-        from dpok.models.aesthetic import uint8_images_to_pixels
+    def load():
         from dpok.models.imagereward import load_imagereward
 
-        batch = to_image_batch(images)
-        if len(prompts) != len(batch):
-            raise ValueError(f"got {len(batch)} images but {len(prompts)} prompts; pass exactly one prompt per image")
-        if scorer is None:
-            scorer = load_imagereward(
-                checkpoint_path, med_config_path, tokenizer_source, device, dtype, batch_size, vision_settings
-            )
-        return scorer.score(uint8_images_to_pixels(batch), list(prompts)).double().numpy()
+        return load_imagereward(
+            checkpoint_path, med_config_path, tokenizer_source, device, dtype, batch_size, vision_settings
+        )
 
-    return reward
+    def score(scorer, images: np.ndarray, prompts: list[str]) -> np.ndarray:
+        from dpok.models.aesthetic import pil_resize_crop
+
+        pixels = pil_resize_crop(images, scorer.model.image_size)  # exactly the original's PIL resize
+        return scorer.score(pixels, prompts).double().numpy()
+
+    return lazily_loaded_reward(load, score)

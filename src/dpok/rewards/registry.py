@@ -114,7 +114,9 @@ def weighted_reward(weights: Mapping[str, float], **reward_kwargs: Mapping[str, 
     """``sum_i weight_i * reward_i(images, prompts)`` over the named rewards.
 
     Args:
-        weights: ``{reward name: weight}``; non-empty, finite weights.
+        weights: ``{reward name: weight}``; finite weights, at least one non-zero. A reward of weight 0 is
+            not built (its name must still be registered): an environment whose parameters merge into
+            base's turns a base reward off this way.
         reward_kwargs: per-reward factory options, keyed by reward name, e.g.
             ``weighted_reward({"shapes_judge": 1.0, "jpeg_compressibility": 0.1},
             jpeg_compressibility={"quality": 90})``.
@@ -124,14 +126,16 @@ def weighted_reward(weights: Mapping[str, float], **reward_kwargs: Mapping[str, 
     for name, weight in weights.items():
         if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight):
             raise ValueError(f"weighted_reward: the weight of {name!r} must be a finite number, got {weight!r}")
+        _factory(name)  # an unknown name is an error even at weight 0
     stray = sorted(set(reward_kwargs) - set(weights))
     if stray:
         raise ValueError(
             f"weighted_reward: options given for {stray}, which have no weight; weighted: {sorted(weights)}"
         )
-    parts = [
-        (get_reward_fn(name, **dict(reward_kwargs.get(name, {}))), float(weight)) for name, weight in weights.items()
-    ]
+    weights = {name: float(weight) for name, weight in weights.items() if weight != 0}
+    if not weights:
+        raise ValueError("weighted_reward: every weight is 0; give at least one reward a non-zero weight")
+    parts = [(get_reward_fn(name, **dict(reward_kwargs.get(name, {}))), weight) for name, weight in weights.items()]
     label = " + ".join(f"{weight:g}*{name}" for name, weight in weights.items())
 
     def combined(images: Any, prompts: Sequence[str]) -> np.ndarray:
@@ -141,3 +145,30 @@ def weighted_reward(weights: Mapping[str, float], **reward_kwargs: Mapping[str, 
     combined.__name__ = "weighted_reward"
     combined.__doc__ = f"Weighted reward {label}."
     return combined
+
+
+def check_batch_size(reward: str, batch_size: Any) -> None:
+    """A reward's ``batch_size`` option must be a positive integer (checked when the reward is built)."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"{reward}: batch_size must be a positive integer, got {batch_size!r}")
+
+
+def lazily_loaded_reward(
+    load: Callable[[], Any], score: Callable[[Any, np.ndarray, list[str]], np.ndarray]
+) -> RewardFn:
+    """A reward whose model loads on the first call (``load()``, once), then scores each batch with
+    ``score(model, uint8 images (N, H, W, 3), prompts)``; one prompt per image."""
+    from dpok.world.detect import to_image_batch
+
+    model = None
+
+    def reward(images: Any, prompts: Sequence[str]) -> np.ndarray:
+        nonlocal model
+        batch = to_image_batch(images)
+        if len(prompts) != len(batch):
+            raise ValueError(f"got {len(batch)} images but {len(prompts)} prompts; pass exactly one prompt per image")
+        if model is None:
+            model = load()
+        return score(model, batch, list(prompts))
+
+    return reward

@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 FORMAT_VERSION = 2  # 2: buffer transitions carry value_features; no pre-baseline shim
@@ -203,11 +204,32 @@ def save_checkpoint(root: str | Path, state: TrainingState) -> Path:
     return final
 
 
+class DamagedCheckpointError(ValueError):
+    """A checkpoint folder whose files cannot be read back (truncated or corrupted after it was written)."""
+
+
 def load_checkpoint(path: str | Path) -> TrainingState:
-    """Read a checkpoint written by :func:`save_checkpoint` (tensors on the CPU)."""
+    """Read a checkpoint written by :func:`save_checkpoint` (tensors on the CPU).
+
+    Checkpoints are written atomically, so a damaged one was damaged afterwards (disk, copy, sync); any
+    file that cannot be read is reported with the folder and what to do, never as a library traceback.
+    """
     path = Path(path)
     if not (path / STATE_FILE).is_file():
         raise FileNotFoundError(f"'{path}' is not a complete checkpoint (no {STATE_FILE})")
+    try:
+        return _read_checkpoint(path)
+    except (OSError, ValueError, KeyError, RuntimeError, SafetensorError) as error:
+        if isinstance(error, FileNotFoundError) or "has format" in str(error):
+            raise
+        raise DamagedCheckpointError(
+            f"checkpoint '{path}' is damaged and cannot be resumed ({type(error).__name__}: {str(error)[:200]}). "
+            f"Delete that folder to resume from the previous checkpoint next to it, or set "
+            f"finetune.rl.resume=false to start afresh"
+        ) from error
+
+
+def _read_checkpoint(path: Path) -> TrainingState:
     document = json.loads((path / STATE_FILE).read_text())
     if document.get("format_version") != FORMAT_VERSION:
         raise ValueError(f"checkpoint '{path}' has format {document.get('format_version')}, expected {FORMAT_VERSION}")

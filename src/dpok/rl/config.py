@@ -1,14 +1,18 @@
 """``FinetuneConfig``: every hyperparameter of a DPOK run, named, documented and validated.
 
-Defaults run on the shapes world's tiny base model (8×8×4 latents) on a CPU; the paper's values for
-Stable Diffusion v1.5 are in docs/algorithm.md §6 (``conf/sd15``).
+The defaults are conf/base/parameters_finetune.yml's ``finetune.rl`` (a test keeps them equal), tuned for the
+shapes world's tiny base model (8×8×4 latents) on a CPU; the paper's values for Stable Diffusion v1.5
+are in docs/algorithm.md §6 (``conf/sd15``).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
+from collections.abc import Mapping
 from typing import Any
+
+from dpok.config import from_mapping
 
 from dpok.rl.kl import KL_FORMS
 from dpok.rl.losses import CLIP_MODES, NORMALISATION_SCALES, REWARD_NORMALISATIONS
@@ -17,6 +21,7 @@ SHAPES_LORA_TARGETS = (
     "to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2", "conv1", "conv2",
 )
 
+KEY_PATH = "finetune.rl"  # where these settings live in the parameters, for error messages
 MIXED_PRECISION_MODES = ("no", "fp16", "bf16")
 STEP_WEIGHTINGS = ("none", "equalise")
 VALUE_FEATURES = ("latent", "tweedie", "tweedie_reward")
@@ -29,9 +34,17 @@ RESUMABLE_CHANGES = frozenset(
 )
 
 
+def _looks_numeric(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
 @dataclass(frozen=True)
 class FinetuneConfig:
-    """Parameters of DPOK fine-tuning (``parameters_finetune.yml``, key ``finetune``).
+    """Parameters of DPOK fine-tuning (``parameters_finetune.yml``, key ``finetune.rl``).
 
     Attributes:
         seed: Seeds everything: prompt choice, sampling noise, minibatch draws, LoRA and value-net init.
@@ -106,10 +119,10 @@ class FinetuneConfig:
     """
 
     seed: int = 0
-    num_rounds: int = 50
+    num_rounds: int = 75
     g_batch: int = 16
-    trajectories_per_prompt: int = 1
-    share_initial_noise: bool = False
+    trajectories_per_prompt: int = 4
+    share_initial_noise: bool = True
     sample_batch_size: int | None = None
     num_inference_steps: int = 20
     guidance_scale: float = 3.0
@@ -120,27 +133,27 @@ class FinetuneConfig:
     learning_rate: float = 1e-3
     adam_weight_decay: float = 1e-2
     max_grad_norm: float = 1.0
-    reward_weight: float = 10.0
+    reward_weight: float = 1.0
     kl_weight: float = 0.01
     kl_form: str = "eps_mse"
     clip_mode: str = "ppo"
     clip_range: float = 1e-2
     train_step_window: tuple[float, float] = (0.0, 1.0)
-    step_weighting: str = "none"
+    step_weighting: str = "equalise"
     buffer_size: int = 1000
     p_batch: int = 32
     accum: int = 2
-    p_step: int = 5
+    p_step: int = 2
     use_value_function: bool = True
-    value_learning_rate: float = 1e-4
+    value_learning_rate: float = 1e-3
     value_batch_size: int = 128
     value_steps: int = 5
-    value_features: str = "latent"
-    reward_normalisation: str = "none"
+    value_features: str = "tweedie_reward"
+    reward_normalisation: str = "group"
     per_prompt_window: int = 32
-    per_prompt_min_count: int = 8
-    per_prompt_scale: str = "prompt"
-    kl_report_trajectories: int = 4
+    per_prompt_min_count: int = 4
+    per_prompt_scale: str = "pooled"
+    kl_report_trajectories: int = 2
     checkpoint_every: int = 10
     keep_last_checkpoints: int = 2
     resume: bool = True
@@ -149,7 +162,11 @@ class FinetuneConfig:
 
     def __post_init__(self) -> None:
         def fail(name: str, requirement: str) -> None:
-            raise ValueError(f"finetune.{name} must be {requirement}, got {getattr(self, name)!r}")
+            value = getattr(self, name)
+            hint = ""
+            if isinstance(value, str) and _looks_numeric(value):
+                hint = " (YAML 1.1 reads a number such as 1e-3 without a dot as text: write 1.0e-3)"
+            raise ValueError(f"{KEY_PATH}.{name} must be {requirement}, got {value!r}{hint}")
 
         def integer(name: str, minimum: int) -> None:
             value = getattr(self, name)
@@ -177,7 +194,7 @@ class FinetuneConfig:
                      "trajectories_per_prompt"):
             integer(name, 1)
         if self.g_batch % self.trajectories_per_prompt:
-            fail("trajectories_per_prompt", f"a divisor of finetune.g_batch ({self.g_batch})")
+            fail("trajectories_per_prompt", f"a divisor of {KEY_PATH}.g_batch ({self.g_batch})")
         for name in ("value_steps", "kl_report_trajectories"):
             integer(name, 0)
         if self.sample_batch_size is not None:
@@ -227,22 +244,18 @@ class FinetuneConfig:
         if self.per_prompt_scale not in NORMALISATION_SCALES:
             fail("per_prompt_scale", f"one of {list(NORMALISATION_SCALES)}")
         if self.p_batch > self.buffer_size:
-            fail("p_batch", f"<= finetune.buffer_size ({self.buffer_size})")
+            fail("p_batch", f"<= {KEY_PATH}.buffer_size ({self.buffer_size})")
         if self.value_batch_size > self.buffer_size:
-            fail("value_batch_size", f"<= finetune.buffer_size ({self.buffer_size})")
+            fail("value_batch_size", f"<= {KEY_PATH}.buffer_size ({self.buffer_size})")
         integer("per_prompt_window", 2)
         integer("per_prompt_min_count", 2)
         if self.per_prompt_min_count > self.per_prompt_window:
-            fail("per_prompt_min_count", f"<= finetune.per_prompt_window ({self.per_prompt_window})")
+            fail("per_prompt_min_count", f"<= {KEY_PATH}.per_prompt_window ({self.per_prompt_window})")
 
     @classmethod
-    def from_dict(cls, params: dict[str, Any]) -> FinetuneConfig:
-        """Build from a parameters dictionary; unknown keys are an error that lists the known ones."""
-        known = {f.name for f in fields(cls)}
-        unknown = set(params) - known
-        if unknown:
-            raise ValueError(f"unknown key(s) under 'finetune': {sorted(unknown)}; expected some of {sorted(known)}")
-        return cls(**params)
+    def from_dict(cls, params: Mapping[str, Any] | None) -> FinetuneConfig:
+        """Build from the ``finetune.rl`` parameters; an unknown key is an error naming its full path."""
+        return from_mapping(cls, params, KEY_PATH)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON/YAML types (the target modules as a list)."""

@@ -176,15 +176,15 @@ def _check_resumable(saved: dict[str, Any], config: FinetuneConfig, path: Path) 
         k for k in set(saved) | set(current) if k not in RESUMABLE_CHANGES and saved.get(k) != current.get(k)
     )
     if changed:
-        details = ", ".join(f"finetune.{k}: checkpoint {saved.get(k)!r}, now {current.get(k)!r}" for k in changed)
+        details = ", ".join(f"finetune.rl.{k}: checkpoint {saved.get(k)!r}, now {current.get(k)!r}" for k in changed)
         raise ValueError(
             f"cannot resume from '{path}': it was written with different settings ({details}). "
-            "Restore them, or set finetune.resume=false to start a fresh run in this folder"
+            "Restore them, or set finetune.rl.resume=false to start a fresh run in this folder"
         )
     if checkpoint_round(path) > config.num_rounds:
         raise ValueError(
-            f"cannot resume from '{path}': it is past finetune.num_rounds={config.num_rounds}; raise num_rounds "
-            "or set finetune.resume=false"
+            f"cannot resume from '{path}': it is past finetune.rl.num_rounds={config.num_rounds}; raise num_rounds "
+            "or set finetune.rl.resume=false"
         )
 
 
@@ -720,7 +720,7 @@ def train_dpok(
         logger.info("Resuming DPOK from %s (round %d of %d)", resumed_from, run.round, config.num_rounds)
     elif previous_run:
         logger.info(
-            "finetune.resume is false: %d old checkpoint(s) in %s will be deleted once this run's first "
+            "finetune.rl.resume is false: %d old checkpoint(s) in %s will be deleted once this run's first "
             "checkpoint is written", len(previous_run), checkpoint_dir,
         )
     weights = step_weights(scheduler, config)

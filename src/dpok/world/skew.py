@@ -37,8 +37,6 @@ from dpok.world.grammar import (
     parse_prompt,
 )
 
-RARITIES = ("common", "rare", "unseen")
-
 DEFAULT_UNSEEN_PROMPTS: tuple[str, ...] = (
     "a blue triangle",
     "three yellow squares",

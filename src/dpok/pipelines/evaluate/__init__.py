@@ -7,9 +7,8 @@ per batch (manifest ``finetuned_manifest.parquet``). Then, in ``data/08_reportin
 
 - ``metrics.json`` (DVC metrics): per split and category, the mean and 95 % bootstrap CI of every
   reward and quality score for base and fine-tuned, and their paired difference with its CI;
-- ``comparison_grid.png`` (rows: prompts; columns: base | fine-tuned at the same seeds) and
-  ``learning_curves.png`` (from the finetune history);
-- ``report.md`` embedding them, with the time split (``evaluate_timing.json``: the share of the
+- ``comparison_grid.png`` (rows: prompts; columns: base | fine-tuned at the same seeds);
+- ``report.md`` embedding it and the finetune pipeline's curves, with the time split (``evaluate_timing.json``: the share of the
   pipeline's wall time spent outside sampling);
 - ``human_eval/`` (blinded pairs for raters: ``index.html``, ``pairs.csv``, ``img/``) and its key
   ``human_eval_key.csv`` outside that folder.

@@ -28,8 +28,7 @@ from dpok.evaluation import (
     render_page,
     render_report,
 )
-from dpok.evaluation.history import learning_curves
-from dpok.evaluation.manifest import PLAN_COLUMNS, check_saved, log_sample_set, sample_set_summary
+from dpok.evaluation.manifest import PLAN_COLUMNS, finish_sample_set
 from dpok.evaluation.sampler import pipeline_sampler, score_functions
 from dpok.models import load_lora
 
@@ -83,13 +82,9 @@ def write_finetuned_manifest(
 ) -> tuple[pd.DataFrame, dict[str, Any], dict[str, Any]]:
     """Once the PNGs are written: the manifest, the sampling summary and its MLflow metrics."""
     config = SamplingConfig.from_dict(params)
-    manifest, timing = samples.finish()
-    check_saved(manifest, finetuned_samples, "fine-tuned")
-    summary, metrics = sample_set_summary(
-        manifest, timing, config.sampler_settings(), config.score_kinds(), "finetuned"
+    return finish_sample_set(
+        samples, finetuned_samples, config.sampler_settings(), config.score_kinds(), "finetuned", "Fine-tuned"
     )
-    log_sample_set(summary, "Fine-tuned")
-    return manifest, summary, metrics
 
 
 def compare_scores(
@@ -122,11 +117,6 @@ def draw_comparison_grid(
     )
 
 
-def draw_learning_curves(finetune_history: pd.DataFrame) -> Image.Image:
-    """Reward, KL bound and losses per round of fine-tuning."""
-    return learning_curves(finetune_history)
-
-
 def export_human_eval(
     pretrained_manifest: pd.DataFrame, finetuned_manifest: pd.DataFrame,
     pretrained_samples: dict[str, Callable], finetuned_samples: dict[str, Callable], params: dict[str, Any],
@@ -151,11 +141,13 @@ def write_report(
     finetuned_sampling_summary: dict[str, Any],
     human_eval_summary: dict[str, Any],
     comparison_grid: Image.Image,
-    learning_curves: Image.Image,
+    finetune_curves: Image.Image,
+    finetune_reward_curves: Image.Image,
     sampling_params: dict[str, Any],
     params: dict[str, Any],
 ) -> tuple[str, dict[str, Any], dict[str, Any]]:
-    """report.md and the evaluate pipeline's time split (runs last: it takes every figure as input)."""
+    """report.md and the evaluate pipeline's time split (runs last: it takes every figure it links as input,
+    the finetune pipeline's curves included, which sit in the same folder)."""
     sampling, config = SamplingConfig.from_dict(sampling_params), EvaluateConfig.from_dict(params)
     timing = dict(finetuned_sampling_summary["timing"])
     wall = max(time.time() - timing["started_unix"], 1e-9)
@@ -173,7 +165,9 @@ def write_report(
         prompt_changes=per_prompt_differences(paired, next(iter(metrics["scores"]))),
         figures={
             "Base vs fine-tuned at the same seeds": "comparison_grid.png",
-            "Learning curves": "learning_curves.png",
+            # written by the finetune pipeline into the same folder
+            "Learning curves": "finetune_curves.png",
+            "Training reward by category": "finetune_reward_curves.png",
         },
         human_eval=human_eval_summary,
         top_prompts=config.report_top_prompts,

@@ -3,7 +3,6 @@ from kedro.pipeline import Node, Pipeline
 from dpok.pipelines.evaluate.nodes import (
     compare_scores,
     draw_comparison_grid,
-    draw_learning_curves,
     export_human_eval,
     sample_finetuned_images,
     write_finetuned_manifest,
@@ -41,7 +40,6 @@ def create_pipeline(**kwargs) -> Pipeline:
                 "comparison_grid",
                 name="draw_comparison_grid_node",
             ),
-            Node(draw_learning_curves, "finetune_history", "learning_curves", name="draw_learning_curves_node"),
             Node(
                 export_human_eval,
                 [
@@ -55,7 +53,8 @@ def create_pipeline(**kwargs) -> Pipeline:
                 write_report,
                 [
                     "evaluation_metrics", "pretrained_manifest", "finetuned_manifest", "finetuned_sampling_summary",
-                    "human_eval_summary", "comparison_grid", "learning_curves", "params:pretrained", "params:evaluate",
+                    "human_eval_summary", "comparison_grid", "finetune_curves", "finetune_reward_curves",
+                    "params:pretrained", "params:evaluate",
                 ],
                 ["evaluation_report", "evaluate_timing", "evaluate_timing_mlflow_metrics"],
                 name="write_report_node",

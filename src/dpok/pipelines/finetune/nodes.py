@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import math
 from dataclasses import dataclass, field
@@ -12,12 +10,20 @@ from typing import Any
 
 import mlflow
 import pandas as pd
-import torch
 from diffusers import StableDiffusionPipeline
 from PIL import Image
 
+from dpok.config import from_mapping
+from dpok.devices import check_device_name, resolve_device
 from dpok.evaluation.history import learning_curves, training_reward_curves
 from dpok.models import check_prompt_words
+from dpok.provenance import (
+    changed_code_since,
+    identity_fingerprint,
+    run_identity,
+    source_digests,
+    write_identity,
+)
 from dpok.rewards import weighted_reward
 from dpok.rl import FinetuneConfig, train_dpok
 from dpok.rl.config import RESUMABLE_CHANGES
@@ -36,8 +42,9 @@ class FinetuneRunConfig:
         train_split: Which split of the prompt table is trained on.
         checkpoint_dir: Root of the checkpoints. Each run writes into ``<checkpoint_dir>/run-<fingerprint>``
             where the fingerprint hashes everything that shapes the result (RL settings, reward, prompts,
-            model), so a rerun with the same settings resumes and a changed setting starts afresh.
-        device: ``auto`` (CUDA if available), ``cpu`` or ``cuda[:N]``.
+            model, and the source code the run executes: :mod:`dpok.provenance`), so a rerun with the same
+            settings and code resumes, and a changed setting or a code change starts afresh (and says why).
+        device: ``auto`` (CUDA if available), ``cpu``, ``cuda`` or ``cuda:N``.
         rl: :class:`dpok.rl.FinetuneConfig` fields.
     """
 
@@ -50,17 +57,12 @@ class FinetuneRunConfig:
 
     @classmethod
     def from_dict(cls, params: dict[str, Any]) -> FinetuneRunConfig:
-        known = set(cls.__dataclass_fields__)
-        unknown = set(params) - known
-        if unknown:
-            raise ValueError(f"unknown key(s) under 'finetune': {sorted(unknown)}; expected some of {sorted(known)}")
-        config = cls(**params)
+        config = from_mapping(cls, params, "finetune")
         FinetuneConfig.from_dict(config.rl)
         if not isinstance(config.reward, dict) or not config.reward:
             raise ValueError("finetune.reward must map reward names to weights, e.g. {shapes_judge: 1.0}")
         config.reward_fn()  # unknown names and stray reward_kwargs fail here, naming what is available
-        if config.device != "auto" and not config.device.startswith(("cpu", "cuda")):
-            raise ValueError(f"finetune.device must be auto, cpu or cuda[:N], got {config.device!r}")
+        check_device_name("finetune.device", config.device)
         return config
 
     def reward_fn(self):
@@ -86,23 +88,41 @@ def validate_finetune_params(params: dict[str, Any], prompts: pd.DataFrame) -> d
     return {"run": config.__dict__, "train_prompts": train["prompt"].tolist(), "train_categories": categories}
 
 
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
 def _log_round_to_mlflow(round_number: int, metrics: dict[str, float]) -> None:
     if mlflow.active_run() is not None:
         finite = {f"finetune/{k}": float(v) for k, v in metrics.items() if k != "round" and math.isfinite(v)}
         mlflow.log_metrics(finite, step=round_number)
 
 
-def run_fingerprint(config: FinetuneRunConfig, prompts: list[str], model: str) -> str:
-    """12 hex digits identifying a run's result-shaping settings (not its length or checkpoint knobs)."""
+def run_settings(config: FinetuneRunConfig, prompts: list[str], model: str) -> dict[str, Any]:
+    """Everything besides code that shapes a run's result (not its length or checkpoint knobs)."""
     rl = {k: v for k, v in FinetuneConfig.from_dict(config.rl).to_dict().items() if k not in RESUMABLE_CHANGES}
-    identity = {"rl": rl, "reward": config.reward, "reward_kwargs": config.reward_kwargs, "prompts": prompts, "model": model}
-    return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    return {"rl": rl, "reward": config.reward, "reward_kwargs": config.reward_kwargs, "prompts": prompts, "model": model}
+
+
+def run_fingerprint(
+    config: FinetuneRunConfig, prompts: list[str], model: str, code: dict[str, str] | None = None
+) -> str:
+    """12 hex digits identifying a run: its settings and the source code it runs (dpok.provenance)."""
+    code = source_digests() if code is None else code
+    return identity_fingerprint(run_identity(run_settings(config, prompts, model), code))
+
+
+def _checkpoint_folder(config: FinetuneRunConfig, prompts: list[str], model: str) -> Path:
+    """``<checkpoint_dir>/run-<fingerprint>``, with the identity written into it; logs why a run that
+    could have resumed starts afresh (the code changed)."""
+    identity = run_identity(run_settings(config, prompts, model), source_digests())
+    root = Path(config.checkpoint_dir)
+    folder = root / f"run-{identity_fingerprint(identity)}"
+    if not any(folder.glob("round_*")) and (earlier := changed_code_since(root, identity)) is not None:
+        other, files = earlier
+        shown = ", ".join(files[:6]) + (f" and {len(files) - 6} more" if len(files) > 6 else "")
+        logger.warning(
+            "The code changed since the run with these settings in %s (%s): training afresh in %s instead "
+            "of resuming it", other, shown, folder,
+        )
+    write_identity(folder, identity)
+    return folder
 
 
 def finetune(pipeline: StableDiffusionPipeline, validated: dict[str, Any]):
@@ -112,9 +132,9 @@ def finetune(pipeline: StableDiffusionPipeline, validated: dict[str, Any]):
     prompts = validated["train_prompts"]
     # A closed-vocabulary tokenizer (the shapes world's) refuses unknown words; CLIP's accepts all.
     check_prompt_words(pipeline.tokenizer, prompts)
-    pipeline.to(_device(config.device))
+    pipeline.to(resolve_device(config.device))
     model = str(pipeline.config.get("_name_or_path", ""))
-    checkpoint_dir = Path(config.checkpoint_dir) / f"run-{run_fingerprint(config, prompts, model)}"
+    checkpoint_dir = _checkpoint_folder(config, prompts, model)
     logger.info("Checkpoints: %s", checkpoint_dir)
     result = train_dpok(
         pipeline,

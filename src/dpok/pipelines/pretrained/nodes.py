@@ -12,7 +12,7 @@ from diffusers import StableDiffusionPipeline
 from PIL import Image
 
 from dpok.evaluation import LazyScoredSamples, SamplingConfig, derive_seeds, sampling_plan
-from dpok.evaluation.manifest import check_saved, log_sample_set, sample_set_summary
+from dpok.evaluation.manifest import finish_sample_set
 from dpok.evaluation.sampler import pipeline_sampler, score_functions
 
 logger = logging.getLogger(__name__)
@@ -42,10 +42,6 @@ def write_pretrained_manifest(
     """Once the PNGs are written: the manifest, the sampling summary (settings, timing, score means)
     and the same numbers for MLflow."""
     config = SamplingConfig.from_dict(params)
-    manifest, timing = samples.finish()
-    check_saved(manifest, pretrained_samples, "base-model")
-    summary, metrics = sample_set_summary(
-        manifest, timing, config.sampler_settings(), config.score_kinds(), "pretrained"
+    return finish_sample_set(
+        samples, pretrained_samples, config.sampler_settings(), config.score_kinds(), "pretrained", "Base-model"
     )
-    log_sample_set(summary, "Base-model")
-    return manifest, summary, metrics

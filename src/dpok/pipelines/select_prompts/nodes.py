@@ -10,6 +10,7 @@ import pandas as pd
 from diffusers import StableDiffusionPipeline
 from tqdm.auto import tqdm
 
+from dpok.config import check_keys
 from dpok.evaluation import SamplingConfig, derive_seeds
 from dpok.evaluation.sampler import pipeline_sampler, score_functions
 from dpok.prompts.headroom import HeadroomRule, select_headroom_prompts, solve_rates
@@ -19,10 +20,7 @@ logger = logging.getLogger(__name__)
 
 
 def _selection_settings(params: dict[str, Any]) -> tuple[HeadroomRule, int, int, str]:
-    known = {"rule", "num_seeds", "seed", "score"}
-    unknown = sorted(set(params) - known)
-    if unknown:
-        raise ValueError(f"unknown key(s) {', '.join('select_prompts.' + k for k in unknown)}; expected {sorted(known)}")
+    params = check_keys(params, {"rule", "num_seeds", "seed", "score"}, "select_prompts")
     rule = HeadroomRule.from_dict(params.get("rule"))
     num_seeds, seed = params.get("num_seeds", 16), params.get("seed", 1)
     for name, value, minimum in (("num_seeds", num_seeds, 1), ("seed", seed, 0)):
