@@ -13,6 +13,9 @@ def write_folder_atomically(target: str | Path, write: Callable[[Path], None]) -
     """Call ``write(tmp_dir)``, then replace ``target`` by it; on failure ``target`` is untouched."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
+    # what a killed earlier write left beside the target: never read, removed now
+    for stale in [*target.parent.glob(f".{target.name}.tmp-*"), *target.parent.glob(f".{target.name}.old-*")]:
+        shutil.rmtree(stale, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:
         write(tmp)

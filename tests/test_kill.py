@@ -1,0 +1,141 @@
+"""Fault injection: `kedro run --pipelines finetune` killed with SIGKILL, then rerun, ends with exactly the
+LoRA of an uninterrupted run, and no partial file is ever taken for a complete one.
+
+CI runs one kill (mid-run) and its resume; `pytest -m slow tests/test_kill.py` kills at six points, each
+on a fresh copy: three random times, while the first and the second checkpoint folder are being written,
+and while the final LoRA is being written.
+"""
+
+from __future__ import annotations
+
+import random
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from safetensors.torch import load_file
+
+from helpers import BIN, OFFLINE_ENV, copy_project
+
+ROUNDS = 4
+PARAMS = (
+    f"finetune.rl.num_rounds={ROUNDS},finetune.rl.checkpoint_every=1,finetune.rl.num_inference_steps=4,"
+    "finetune.rl.g_batch=8,finetune.rl.p_batch=8,finetune.rl.accum=1,finetune.rl.kl_report_trajectories=1"
+)
+ENV = {**OFFLINE_ENV, "OMP_NUM_THREADS": "1"}  # the same thread count for every run: bitwise comparable
+
+
+def _command() -> list[str]:
+    return [str(BIN / "kedro"), "run", "--pipelines", "finetune", "--params", PARAMS]
+
+
+def _finish(project: Path) -> subprocess.CompletedProcess:
+    result = subprocess.run(_command(), cwd=project, env=ENV, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result
+
+
+def _lora(project: Path) -> dict:
+    return load_file(project / "data/06_models/lora/pytorch_lora_weights.safetensors")
+
+
+def _kill_when(project: Path, ready, timeout: float = 300) -> bool:
+    """Start the run, SIGKILL it as soon as ``ready(project)`` holds; False if it finished first."""
+    process = subprocess.Popen(_command(), cwd=project, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + timeout
+    try:
+        while process.poll() is None and time.monotonic() < deadline:
+            if ready(project):
+                process.send_signal(signal.SIGKILL)
+                process.wait()
+                return True
+            time.sleep(0.002)
+        return False
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+def _checkpoints(project: Path) -> Path:
+    return project / "data/06_models/checkpoints"
+
+
+def _rounds_saved(project: Path) -> int:
+    return len(list(_checkpoints(project).glob("run-*/round_*")))
+
+
+def _writing_a_checkpoint(project: Path) -> bool:
+    return any(_checkpoints(project).glob("run-*/.tmp_round_*/lora.safetensors"))
+
+
+def _writing_the_lora(project: Path) -> bool:
+    return any((project / "data/06_models").glob(".lora.tmp-*"))
+
+
+def _assert_no_partial_file_accepted(project: Path, result: subprocess.CompletedProcess) -> None:
+    log = result.stdout + result.stderr
+    assert "Resuming DPOK" in log or "training afresh" in log or "round 1/" in log
+    for folder in _checkpoints(project).glob("run-*/round_*"):
+        assert (folder / "state.json").is_file(), folder  # every round_* folder complete
+    assert not list(_checkpoints(project).glob("run-*/.tmp_round_*"))
+    assert not list((project / "data/06_models").glob(".lora.*"))
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> dict:
+    project = copy_project(tmp_path_factory.mktemp("uninterrupted"), data=("data/01_raw", "data/06_models/shapes_base"))
+    _finish(project)
+    return _lora(project)
+
+
+def _assert_same_lora(project: Path, reference: dict) -> None:
+    lora = _lora(project)
+    assert lora.keys() == reference.keys()
+    worst = max(float((lora[k] - reference[k]).abs().max()) for k in lora)
+    assert worst <= 1e-6, worst
+
+
+def test_a_run_killed_mid_training_resumes_to_the_same_lora(tmp_path, reference):
+    project = copy_project(tmp_path, data=("data/01_raw", "data/06_models/shapes_base"))
+    assert _kill_when(project, lambda p: _rounds_saved(p) >= 2), "the run ended before it could be killed"
+    assert not (project / "data/06_models/lora").exists()  # nothing final yet
+    result = _finish(project)
+    assert "Resuming DPOK" in result.stdout + result.stderr
+    _assert_no_partial_file_accepted(project, result)
+    _assert_same_lora(project, reference)
+
+
+KILL_POINTS = {
+    "early, at a random time": ("random", 0),
+    "mid-run, at a random time": ("random", 1),
+    "late, at a random time": ("random", 2),
+    "while a checkpoint is written": ("checkpoint", None),
+    "while the second checkpoint is written": ("second checkpoint", None),
+    "while the final LoRA is written": ("lora", None),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("point", list(KILL_POINTS))
+def test_a_kill_at_any_point_then_a_rerun_gives_the_uninterrupted_lora(point, tmp_path, reference):
+    """Each point on a fresh copy: killed there, rerun to the end, the same LoRA as without the kill."""
+    project = copy_project(tmp_path, data=("data/01_raw", "data/06_models/shapes_base"))
+    kind, index = KILL_POINTS[point]
+    if kind == "random":  # seconds after the start: imports and model loading take ~10 s, a round ~1-2 s
+        at = time.monotonic() + random.Random(index).uniform(8.0, 16.0) + 3 * index
+        ready = lambda p: time.monotonic() >= at  # noqa: E731
+    elif kind == "checkpoint":
+        ready = _writing_a_checkpoint
+    elif kind == "second checkpoint":
+        ready = lambda p: _rounds_saved(p) >= 1 and _writing_a_checkpoint(p)  # noqa: E731
+    else:
+        ready = _writing_the_lora
+    killed = _kill_when(project, ready)
+    print(f"{point}: {'killed' if killed else 'finished before the kill'}")
+    assert killed or kind == "random", f"could not kill {point}"
+    result = _finish(project)
+    _assert_no_partial_file_accepted(project, result)
+    _assert_same_lora(project, reference)
