@@ -54,6 +54,15 @@ def load_config(project_root: Path = ROOT, env: str = "local", runtime_params: d
     return {"parameters": loader["parameters"], "catalog": loader["catalog"]}
 
 
+def catalog_file(entry) -> str | None:
+    """Where a catalog entry writes, or None for in-memory and MLflow-only entries."""
+    if not isinstance(entry, dict):
+        return None
+    if isinstance(entry.get("dataset"), dict) and entry.get("type", "").endswith("MlflowArtifactDataset"):
+        return catalog_file(entry["dataset"])
+    return next((str(entry[key]) for key in ("filepath", "path") if key in entry), None)
+
+
 def local_entry(entry: dict, root: Path) -> dict:
     """A resolved catalog entry without its MLflow wrapper (metrics in memory), its path under ``root``."""
     entry = copy.deepcopy(entry)

@@ -10,7 +10,7 @@ from kedro.framework.startup import bootstrap_project
 
 from dpok.pipelines.finetune.nodes import FinetuneRunConfig
 from dpok.rl import FinetuneConfig
-from helpers import ROOT, load_config
+from helpers import ROOT, catalog_file, load_config
 
 ENVIRONMENTS = ("shapes_single", "sd15")
 # What a run of an environment writes (the pretrain and select_prompts outputs are shared inputs).
@@ -54,14 +54,6 @@ def test_an_environment_file_holds_only_what_differs_from_base(env, loaded):
     assert merged["finetune"]["rl"]["eta"] == loaded["local"]["parameters"]["finetune"]["rl"]["eta"]
 
 
-def _file_path(entry) -> str | None:
-    if not isinstance(entry, dict):
-        return None
-    if isinstance(entry.get("dataset"), dict) and entry.get("type", "").endswith("MlflowArtifactDataset"):
-        return _file_path(entry["dataset"])
-    return next((str(entry[key]) for key in ("filepath", "path") if key in entry), None)
-
-
 @pytest.mark.parametrize("env", ENVIRONMENTS)
 def test_every_file_an_environment_writes_is_in_its_own_folders(env, loaded):
     base_catalog, catalog = loaded["local"]["catalog"], loaded[env]["catalog"]
@@ -70,10 +62,10 @@ def test_every_file_an_environment_writes_is_in_its_own_folders(env, loaded):
         datasets |= pipelines[name].all_outputs()
     checked = 0
     for dataset in sorted(datasets):
-        base_path = _file_path(base_catalog.get(dataset))
+        base_path = catalog_file(base_catalog.get(dataset))
         if base_path is None:
             continue  # in memory or MLflow only
-        path = _file_path(catalog.get(dataset))
+        path = catalog_file(catalog.get(dataset))
         assert path != base_path and f"/{env}/" in path, (dataset, path)
         assert catalog[dataset]["type"] == base_catalog[dataset]["type"], dataset
         checked += 1

@@ -9,21 +9,11 @@ from kedro.config import OmegaConfigLoader
 from kedro.framework.project import pipelines
 from kedro.framework.startup import bootstrap_project
 
+from helpers import catalog_file
+
 ROOT = Path(__file__).resolve().parents[2]
 # Written by the trainer itself (not a catalog entry): checkpoints, resumed from between runs.
 TRAINER_OUTPUTS = {"finetune": {"data/06_models/checkpoints"}}
-
-
-def _file_path(entry: dict) -> str | None:
-    """Where a catalog entry writes, or None for in-memory and MLflow-only entries."""
-    if not isinstance(entry, dict):
-        return None
-    if "dataset" in entry and entry.get("type", "").endswith("MlflowArtifactDataset"):
-        return _file_path(entry["dataset"])
-    for key in ("filepath", "path"):
-        if key in entry:
-            return str(entry[key])
-    return None
 
 
 def kedro_stage_outputs(project_root: Path) -> dict[str, set[str]]:
@@ -34,7 +24,7 @@ def kedro_stage_outputs(project_root: Path) -> dict[str, set[str]]:
     for name, pipeline in pipelines.items():
         if name == "__default__":
             continue
-        paths = {_file_path(catalog.get(dataset)) for dataset in pipeline.all_outputs()}
+        paths = {catalog_file(catalog.get(dataset)) for dataset in pipeline.all_outputs()}
         outputs[name] = {p for p in paths if p}
     return outputs
 
