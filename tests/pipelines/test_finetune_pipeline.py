@@ -50,6 +50,8 @@ PROMPTS = pd.DataFrame({"prompt": ["a green triangle", "a red circle"], "categor
         (lambda p: p.update(train_split="dev"), ValueError, "no prompt has split 'dev'"),
         (lambda p: p.update(device="tpu"), ValueError, "finetune.device"),
         (lambda p: p.update(lr=1), ValueError, "unknown key"),
+        (lambda p: p.update(method="ppo"), ValueError, "finetune.method must be one of"),
+        (lambda p: p["sft"].update(steps=0), ValueError, "finetune.sft.steps"),
     ],
 )
 def test_bad_parameters_fail_before_any_model_loads(change, error, message):
@@ -95,9 +97,7 @@ def test_validated_config_round_trips():
     assert FinetuneRunConfig(**validated["run"]).reward == {"shapes_judge": 1.0}
 
 
-@pytest.mark.skipif(not SHIPPED.exists(), reason="the shipped base model is not in this checkout")
-def test_two_rounds_on_the_shipped_model_write_a_lora_stock_diffusers_loads(tmp_path):
-    params = tiny_settings(base_params(), tmp_path)
+def _run_finetune_pipeline(params: dict, tmp_path: Path) -> DataCatalog:
     catalog = DataCatalog()
     catalog["params:finetune"] = MemoryDataset(params)
     catalog["params:prompts"] = MemoryDataset({"path": str(ROOT / "data/01_raw/prompts/shapes_eval.csv")})
@@ -113,6 +113,27 @@ def test_two_rounds_on_the_shipped_model_write_a_lora_stock_diffusers_loads(tmp_
     catalog["finetune_rewards"] = CSVDataset(filepath=str(tmp_path / "rewards.csv"))
     catalog["finetune_reward_curves"] = ImageDataset(filepath=str(tmp_path / "reward_curves.png"))
     SequentialRunner().run(create_pipeline(), catalog)
+    return catalog
+
+
+def _assert_the_lora_changes_stock_diffusers_samples(lora) -> None:
+    def sample(pipe):
+        return pipe(
+            ["a green triangle"] * 2, num_inference_steps=4, guidance_scale=3.0, eta=1.0, output_type="np",
+            generator=[torch.Generator().manual_seed(s) for s in (0, 1)],
+        ).images
+
+    base = load_pipeline(str(SHIPPED))
+    before = sample(base)
+    load_lora(base, lora)
+    after = sample(base)
+    assert np.abs(after - before).max() > 1e-4, "the saved LoRA did not change the images"
+
+
+@pytest.mark.skipif(not SHIPPED.exists(), reason="the shipped base model is not in this checkout")
+def test_two_rounds_on_the_shipped_model_write_a_lora_stock_diffusers_loads(tmp_path):
+    params = tiny_settings(base_params(), tmp_path)
+    catalog = _run_finetune_pipeline(params, tmp_path)
 
     history = catalog.load("finetune_history")
     assert history["round"].tolist() == [1, 2]
@@ -126,19 +147,25 @@ def test_two_rounds_on_the_shipped_model_write_a_lora_stock_diffusers_loads(tmp_
     assert (rewards["category"] == rewards["prompt"].map(dict(zip(train["prompt"], train["category"])))).all()
     assert catalog.load("finetune_reward_curves").size[0] > 100
     assert len(list((tmp_path / "checkpoints").iterdir())) >= 1
-
-    def sample(pipe):
-        return pipe(
-            ["a green triangle"] * 2, num_inference_steps=4, guidance_scale=3.0, eta=1.0, output_type="np",
-            generator=[torch.Generator().manual_seed(s) for s in (0, 1)],
-        ).images
-
-    base = load_pipeline(str(SHIPPED))
-    before = sample(base)
-    load_lora(base, catalog.load("lora"))
-    after = sample(base)
-    assert np.abs(after - before).max() > 1e-4, "the saved LoRA did not change the images"
+    _assert_the_lora_changes_stock_diffusers_samples(catalog.load("lora"))
     shutil.rmtree(tmp_path / "checkpoints")
+
+
+@pytest.mark.skipif(not SHIPPED.exists(), reason="the shipped base model is not in this checkout")
+def test_method_sft_writes_the_same_outputs_from_the_base_models_samples(tmp_path):
+    params = tiny_settings(base_params(), tmp_path)
+    params["method"] = "sft"
+    params["sft"].update(steps=4, batch_size=4, report_every=2)
+    catalog = _run_finetune_pipeline(params, tmp_path)
+
+    history = catalog.load("finetune_history")  # a row per SFT step
+    assert history["round"].tolist() == [1, 2, 3, 4] and "weighted_mse" in history.columns
+    assert np.isfinite(history["kl_bound_nats"].iloc[[1, 3]]).all()
+    assert catalog.load("finetune_curves").size[0] > 100
+    rewards = catalog.load("finetune_rewards")  # the base model's scored samples SFT learned from
+    assert len(rewards) == 2 * params["rl"]["g_batch"]
+    assert not (tmp_path / "checkpoints").exists()
+    _assert_the_lora_changes_stock_diffusers_samples(catalog.load("lora"))
 
 
 def test_run_fingerprint_separates_results_not_lengths():

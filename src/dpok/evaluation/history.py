@@ -14,10 +14,12 @@ CURVE_COLUMNS = {
     "kl_bound_nats": "KL bound (nats)",
     "policy_loss": "policy loss",
     "value_loss": "value loss",
+    "weighted_mse": "reward-weighted denoising loss (SFT)",
+    "kl_mse": "supervised KL term, ε-MSE to the pretrained model (SFT)",
 }
 
 
-def learning_curves(history: pd.DataFrame, title: str = "DPOK fine-tuning") -> Image.Image:
+def learning_curves(history: pd.DataFrame, title: str = "DPOK fine-tuning", xlabel: str = "round") -> Image.Image:
     """Reward, KL bound and losses per round, one panel each (columns absent or all-NaN are skipped)."""
     if "round" not in history.columns:
         raise ValueError(f"the finetune history has no 'round' column (columns: {list(history.columns)})")
@@ -29,7 +31,7 @@ def learning_curves(history: pd.DataFrame, title: str = "DPOK fine-tuning") -> I
     }
     if not series:
         raise ValueError(f"the finetune history has none of the curve columns {list(CURVE_COLUMNS)}")
-    return curves_figure(series, title=title, xlabel="round")
+    return curves_figure(series, title=title, xlabel=xlabel)
 
 
 def training_reward_curves(

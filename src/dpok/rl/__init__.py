@@ -8,6 +8,7 @@
 - :mod:`~dpok.rl.config`: ``FinetuneConfig``
 - :mod:`~dpok.rl.checkpoint`: atomic checkpoints, resume
 - :mod:`~dpok.rl.trainer`: ``train_dpok``, the rounds
+- :mod:`~dpok.rl.sft`: ``train_sft``, reward-weighted supervised fine-tuning, the paper's baseline (§8)
 
 No Kedro and no reward model here: a reward is a callable ``reward_fn(images_uint8_NHWC, prompts)``.
 """
@@ -34,13 +35,17 @@ from dpok.rl.sampling import (
     validate_scheduler_for_logprob,
 )
 from dpok.rl.trainer import METRIC_NAMES, TrainingResult, train_dpok
+from dpok.rl.sft import SFT_METRIC_NAMES, SFTConfig, SFTResult, sft_loss, train_sft
 from dpok.rl.value import ValueFunction, prompt_text_feature, value_loss, value_update
 
 __all__ = [
     "CLIP_MODES",
     "KL_FORMS",
     "METRIC_NAMES",
+    "SFT_METRIC_NAMES",
     "SHAPES_LORA_TARGETS",
+    "SFTConfig",
+    "SFTResult",
     "FinetuneConfig",
     "PerPromptRewardNormaliser",
     "TrainingResult",
@@ -66,8 +71,10 @@ __all__ = [
     "reference_model",
     "sample_trajectories",
     "save_checkpoint",
+    "sft_loss",
     "step_kl",
     "train_dpok",
+    "train_sft",
     "trajectory_kl_bound",
     "validate_scheduler_for_logprob",
     "value_loss",

@@ -240,14 +240,7 @@ class RunState:
     def create(cls, unet: torch.nn.Module, config: FinetuneConfig) -> RunState:
         """Attach a fresh LoRA to ``unet`` and build the optimisers, V_φ, normaliser and buffer."""
         device = unet.device
-        with torch.random.fork_rng(devices=[]):
-            torch.default_generator.manual_seed(_seed(config.seed, _LORA_INIT))
-            lora_params = attach_lora(unet, config.lora_rank, config.lora_alpha, config.lora_target_modules)
-        # The adapter trains in float32 whatever the UNet's dtype: float16 weights would round away updates
-        # of lr 1e-5, and the fp16 loss scaler cannot unscale float16 gradients. peft casts at its edges.
-        for parameter in lora_params:
-            if parameter.dtype != torch.float32:
-                parameter.data = parameter.data.float()
+        lora_params = attach_trainable_lora(unet, config)
         value_fn = value_optimizer = None
         if config.use_value_function:
             with torch.random.fork_rng(devices=[]):
@@ -308,6 +301,19 @@ class RunState:
         restore_rng_state(state.rng)
         self.history = list(state.history)
         self.reward_log = [list(row) for row in state.reward_log or []]
+
+
+def attach_trainable_lora(unet: torch.nn.Module, config: FinetuneConfig) -> list[torch.nn.Parameter]:
+    """A fresh LoRA adapter on ``unet``, initialised from the run's seed; its float32 trainable weights."""
+    with torch.random.fork_rng(devices=[]):
+        torch.default_generator.manual_seed(_seed(config.seed, _LORA_INIT))
+        lora_params = attach_lora(unet, config.lora_rank, config.lora_alpha, config.lora_target_modules)
+    # The adapter trains in float32 whatever the UNet's dtype: float16 weights would round away updates
+    # of lr 1e-5, and the fp16 loss scaler cannot unscale float16 gradients. peft casts at its edges.
+    for parameter in lora_params:
+        if parameter.dtype != torch.float32:
+            parameter.data = parameter.data.float()
+    return lora_params
 
 
 def _value_feature_size(config: FinetuneConfig, latent_shape: Sequence[int]) -> int:
@@ -760,4 +766,4 @@ def train_dpok(
     )
 
 
-__all__ = ["METRIC_NAMES", "RunState", "TrainingResult", "step_weights", "train_dpok", "value_variance_ratio"]
+__all__ = ["METRIC_NAMES", "RunState", "attach_trainable_lora", "TrainingResult", "step_weights", "train_dpok", "value_variance_ratio"]

@@ -25,10 +25,12 @@ from dpok.provenance import (
     write_identity,
 )
 from dpok.rewards import weighted_reward
-from dpok.rl import FinetuneConfig, train_dpok
+from dpok.rl import FinetuneConfig, SFTConfig, train_dpok, train_sft
 from dpok.rl.config import RESUMABLE_CHANGES
 
 logger = logging.getLogger(__name__)
+
+METHODS = ("dpok", "sft")
 
 
 @dataclass(frozen=True)
@@ -45,7 +47,11 @@ class FinetuneRunConfig:
             model, and the source code the run executes: :mod:`dpok.provenance`), so a rerun with the same
             settings and code resumes, and a changed setting or a code change starts afresh (and says why).
         device: ``auto`` (CUDA if available), ``cpu``, ``cuda`` or ``cuda:N``.
-        rl: :class:`dpok.rl.FinetuneConfig` fields.
+        method: ``dpok`` (online RL, :func:`dpok.rl.train_dpok`) or ``sft`` (reward-weighted supervised
+            fine-tuning on the pretrained model's samples, :func:`dpok.rl.train_sft`, the paper's baseline).
+        rl: :class:`dpok.rl.FinetuneConfig` fields (SFT uses the seed, sample budget, sampler, LoRA and
+            optimiser settings).
+        sft: :class:`dpok.rl.SFTConfig` fields (``method: sft`` only).
     """
 
     reward: dict[str, float] = field(default_factory=lambda: {"shapes_judge": 1.0})
@@ -53,12 +59,17 @@ class FinetuneRunConfig:
     train_split: str = "train"
     checkpoint_dir: str = "data/06_models/checkpoints"
     device: str = "auto"
+    method: str = "dpok"
     rl: dict[str, Any] = field(default_factory=dict)
+    sft: dict[str, Any] = field(default_factory=lambda: SFTConfig().to_dict())
 
     @classmethod
     def from_dict(cls, params: dict[str, Any]) -> FinetuneRunConfig:
         config = from_mapping(cls, params, "finetune")
         FinetuneConfig.from_dict(config.rl)
+        SFTConfig.from_dict(config.sft)
+        if config.method not in METHODS:
+            raise ValueError(f"finetune.method must be one of {list(METHODS)}, got {config.method!r}")
         if not isinstance(config.reward, dict) or not config.reward:
             raise ValueError("finetune.reward must map reward names to weights, e.g. {shapes_judge: 1.0}")
         config.reward_fn()  # unknown names and stray reward_kwargs fail here, naming what is available
@@ -80,10 +91,18 @@ def validate_finetune_params(params: dict[str, Any], prompts: pd.DataFrame) -> d
             f"{sorted(prompts['split'].unique())}"
         )
     rl = FinetuneConfig.from_dict(config.rl)
-    logger.info(
-        "DPOK: %d training prompts, %d rounds × %d trajectories, reward %s, KL %s β=%g, clip %s ε=%g",
-        len(train), rl.num_rounds, rl.g_batch, config.reward, rl.kl_form, rl.kl_weight, rl.clip_mode, rl.clip_range,
-    )
+    if config.method == "sft":
+        sft = SFTConfig.from_dict(config.sft)
+        logger.info(
+            "SFT: %d training prompts, %d samples of the pretrained model, %d steps of %d, γ=%g, reward %s",
+            len(train), rl.num_rounds * rl.g_batch, sft.steps, sft.batch_size, sft.kl_weight, config.reward,
+        )
+    else:
+        logger.info(
+            "DPOK: %d training prompts, %d rounds × %d trajectories, reward %s, KL %s β=%g, clip %s ε=%g",
+            len(train), rl.num_rounds, rl.g_batch, config.reward, rl.kl_form, rl.kl_weight, rl.clip_mode,
+            rl.clip_range,
+        )
     categories = train["category"].tolist() if "category" in train.columns else [None] * len(train)
     return {"run": config.__dict__, "train_prompts": train["prompt"].tolist(), "train_categories": categories}
 
@@ -97,7 +116,11 @@ def _log_round_to_mlflow(round_number: int, metrics: dict[str, float]) -> None:
 def run_settings(config: FinetuneRunConfig, prompts: list[str], model: str) -> dict[str, Any]:
     """Everything besides code that shapes a run's result (not its length or checkpoint knobs)."""
     rl = {k: v for k, v in FinetuneConfig.from_dict(config.rl).to_dict().items() if k not in RESUMABLE_CHANGES}
-    return {"rl": rl, "reward": config.reward, "reward_kwargs": config.reward_kwargs, "prompts": prompts, "model": model}
+    settings = {"rl": rl, "reward": config.reward, "reward_kwargs": config.reward_kwargs, "prompts": prompts,
+                "model": model}
+    if config.method != "dpok":  # DPOK's fingerprints stay what they were before SFT existed
+        settings |= {"method": config.method, "sft": SFTConfig.from_dict(config.sft).to_dict()}
+    return settings
 
 
 def run_fingerprint(
@@ -134,6 +157,8 @@ def finetune(pipeline: StableDiffusionPipeline, validated: dict[str, Any]):
     check_prompt_words(pipeline.tokenizer, prompts)
     pipeline.to(resolve_device(config.device))
     model = str(pipeline.config.get("_name_or_path", ""))
+    if config.method == "sft":
+        return _finetune_sft(pipeline, config, prompts, validated)
     checkpoint_dir = _checkpoint_folder(config, prompts, model)
     logger.info("Checkpoints: %s", checkpoint_dir)
     result = train_dpok(
@@ -144,17 +169,33 @@ def finetune(pipeline: StableDiffusionPipeline, validated: dict[str, Any]):
         checkpoint_dir,
         on_round=_log_round_to_mlflow,
     )
-    history = pd.DataFrame(result.history)
     if result.skipped_steps:
         logger.warning("%d policy step(s) were skipped for a non-finite loss", result.skipped_steps)
+    return pipeline.unet, pd.DataFrame(result.history), _reward_table(result.reward_log, prompts, validated)
+
+
+def _finetune_sft(pipeline, config: FinetuneRunConfig, prompts: list[str], validated: dict[str, Any]):
+    """``method: sft``: the same outputs as DPOK's (the LoRA, a history, the sampled rewards); the history
+    has a row per SFT step, the rewards are those of the pretrained model's samples it learned from."""
+    rl, sft = FinetuneConfig.from_dict(config.rl), SFTConfig.from_dict(config.sft)
+    result = train_sft(pipeline, prompts, config.reward_fn(), rl, sft)
+    for row in result.history:
+        _log_round_to_mlflow(int(row["round"]), {f"sft_{k}": v for k, v in row.items()})
+    return pipeline.unet, pd.DataFrame(result.history), _reward_table(result.reward_log, prompts, validated)
+
+
+def _reward_table(reward_log: list[list[Any]], prompts: list[str], validated: dict[str, Any]) -> pd.DataFrame:
     category = dict(zip(prompts, validated.get("train_categories") or [None] * len(prompts)))
-    rewards = pd.DataFrame(result.reward_log, columns=["round", "prompt", "reward"])
+    rewards = pd.DataFrame(reward_log, columns=["round", "prompt", "reward"])
     rewards.insert(2, "category", rewards["prompt"].map(category))
-    return pipeline.unet, history, rewards
+    return rewards
 
 
 def plot_learning_curves(history: pd.DataFrame) -> Image.Image:
-    """Reward, the KL bound and the losses per round (the numbers DPOK trades off)."""
+    """Reward, the KL bound and the losses per round (the numbers DPOK trades off); for SFT, its losses and
+    KL bound per step."""
+    if "reward_mean" not in history.columns and "weighted_mse" in history.columns:
+        return learning_curves(history, title="Reward-weighted SFT", xlabel="SFT step")
     return learning_curves(history)
 
 
