@@ -1,10 +1,13 @@
-"""Kedro hooks of the project: the summary a user reads when a run that fine-tuned ends."""
+"""Kedro hooks of the project: the MLflow store checked before anything runs, and the summary a user
+reads when a run that fine-tuned ends."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
+from kedro.config import MissingConfigException
 from kedro.framework.hooks import hook_impl
 
 from dpok.evaluation.history import run_summary
@@ -59,3 +62,71 @@ class RunSummaryHook:
         )
         # Printed, not logged: a log handler would wrap the paths and prefix every line.
         print("\n" + run_summary(catalog.load("finetune_history"), paths, next_command), flush=True)
+
+
+class TrackingStoreError(RuntimeError):
+    """The MLflow tracking store of ``mlflow.yml`` cannot be opened."""
+
+
+def tracking_uri(conf_mlflow: dict[str, Any], project_path: Path) -> str:
+    """The tracking URI kedro-mlflow will use: ``server.mlflow_tracking_uri``, else $MLFLOW_TRACKING_URI, else
+    ``mlruns``; a plain path is taken relative to the project, as kedro-mlflow does."""
+    from urllib.parse import urlparse
+
+    uri = (conf_mlflow.get("server") or {}).get("mlflow_tracking_uri") or os.environ.get("MLFLOW_TRACKING_URI") or "mlruns"
+    if uri in ("databricks", "databricks-uc") or urlparse(uri).scheme not in ("", "file") or Path(uri).is_absolute():
+        return uri
+    return (project_path / uri).resolve().as_uri() if urlparse(uri).scheme == "" else uri
+
+
+def check_tracking_store(uri: str, registry_uri: str | None = None) -> None:
+    """Open the tracking store (and the model registry kedro-mlflow also opens) and read from it, with
+    HTTP retries off, so a wrong URI fails in seconds; raises :class:`TrackingStoreError` saying what failed."""
+    from mlflow.tracking import MlflowClient
+
+    quick = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
+    saved = {key: os.environ.get(key) for key in quick}
+    os.environ.update(quick)
+    try:
+        client = MlflowClient(tracking_uri=uri, registry_uri=registry_uri or uri)
+        client.search_experiments(max_results=1)
+        client._get_registry_client()  # kedro-mlflow builds it at start; a bad scheme fails here too
+    except Exception as error:  # any store error: the message below says what to do
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:300]
+        raise TrackingStoreError(f"{type(error).__name__}: {reason}") from None
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+class TrackingStoreCheckHook:
+    """Before kedro-mlflow sets up (``tryfirst``), open the configured tracking store once: a bad URI or an
+    unwritable database stops the run at start with one message naming the setting, not after hours of
+    training when the first metric is logged (or in a long traceback from kedro-mlflow's set-up)."""
+
+    @hook_impl(tryfirst=True)
+    def after_context_created(self, context) -> None:
+        import mlflow
+
+        if mlflow.active_run() is not None:  # an orchestrator configured MLflow itself
+            return
+        loader = context.config_loader
+        loader.config_patterns.setdefault("mlflow", ["mlflow*", "mlflow*/**", "**/mlflow*"])
+        try:
+            conf_mlflow = dict(loader["mlflow"] or {})
+        except MissingConfigException:
+            conf_mlflow = {}
+        uri = tracking_uri(conf_mlflow, Path(context.project_path))
+        registry = (conf_mlflow.get("server") or {}).get("mlflow_registry_uri")
+        try:
+            check_tracking_store(uri, registry)
+        except TrackingStoreError as error:
+            raise TrackingStoreError(
+                f"MLflow cannot open the tracking store {uri!r} (server.mlflow_tracking_uri in "
+                f"conf/{context.env or 'local'}/mlflow.yml or conf/base/mlflow.yml): {error}. Fix the URI, or create "
+                "the folder of a sqlite/file store and make it writable; the project's default is "
+                "sqlite:///mlflow.db, a file in the project folder. Nothing has run yet."
+            ) from None

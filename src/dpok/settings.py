@@ -2,10 +2,10 @@
 
 from kedro.config import OmegaConfigLoader
 
-from dpok.hooks import RunSummaryHook
+from dpok.hooks import RunSummaryHook, TrackingStoreCheckHook
 
 # Prints where the outputs are and what changed when a run that fine-tuned ends.
-HOOKS = (RunSummaryHook(),)
+HOOKS = (TrackingStoreCheckHook(), RunSummaryHook())
 
 CONFIG_LOADER_CLASS = OmegaConfigLoader
 CONFIG_LOADER_ARGS = {
