@@ -3,7 +3,8 @@ LoRA of an uninterrupted run, and no partial file is ever taken for a complete o
 
 CI runs one kill (mid-run) and its resume; `pytest -m slow tests/test_kill.py` kills at six points, each
 on a fresh copy: three random times, while the first and the second checkpoint folder are being written,
-and while the final LoRA is being written.
+and while the final LoRA is being written. The image sets of `pretrained` (and `evaluate`, the same
+dataset class) are killed while being written, the first time and when replacing a complete set.
 """
 
 from __future__ import annotations
@@ -40,8 +41,8 @@ def _command() -> list[str]:
     return [str(BIN / "kedro"), "run", "--pipelines", "finetune", "--params", PARAMS]
 
 
-def _finish(project: Path) -> subprocess.CompletedProcess:
-    result = subprocess.run(_command(), cwd=project, env=ENV, capture_output=True, text=True, timeout=600)
+def _finish(project: Path, command: list[str] | None = None) -> subprocess.CompletedProcess:
+    result = subprocess.run(command or _command(), cwd=project, env=ENV, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return result
 
@@ -50,9 +51,9 @@ def _lora(project: Path) -> dict:
     return load_file(project / "data/06_models/lora/pytorch_lora_weights.safetensors")
 
 
-def _kill_when(project: Path, ready, timeout: float = 300) -> bool:
+def _kill_when(project: Path, ready, timeout: float = 300, command: list[str] | None = None) -> bool:
     """Start the run, SIGKILL it as soon as ``ready(project)`` holds; False if it finished first."""
-    process = subprocess.Popen(_command(), cwd=project, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(command or _command(), cwd=project, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + timeout
     try:
         while process.poll() is None and time.monotonic() < deadline:
@@ -148,3 +149,39 @@ def test_a_kill_at_any_point_then_a_rerun_gives_the_uninterrupted_lora(point, tm
     result = _finish(project)
     _assert_no_partial_file_accepted(project, result)
     _assert_same_lora(project, reference)
+
+
+PRETRAINED = [
+    str(BIN / "kedro"), "run", "--pipelines", "pretrained", "--params",
+    "pretrained.images_per_prompt=4,pretrained.batch_size=8,pretrained.num_inference_steps=4",
+]
+
+
+@pytest.mark.slow  # 90 s; CI kills the same dataset class in tests/test_image_set.py
+def test_a_killed_image_set_write_never_leaves_half_a_set_where_the_next_step_looks(tmp_path):
+    import pandas as pd
+    from PIL import Image
+
+    from dpok.evaluation.manifest import check_saved, partition_id
+
+    project = _project(tmp_path)
+    output = project / "data/07_model_output"
+    samples, manifest_file = output / "pretrained_samples", output / "pretrained_manifest.parquet"
+
+    def writing(_: Path) -> bool:
+        return any(output.glob(".pretrained_samples.tmp-*/*.png"))
+
+    assert _kill_when(project, writing, command=PRETRAINED), "the run finished before it was killed"
+    assert not samples.exists() and not manifest_file.exists()  # nothing a later step or `dvc` could take
+    _finish(project, PRETRAINED)
+    complete = {p.name: p.read_bytes() for p in samples.iterdir()}
+    manifest = pd.read_parquet(manifest_file)
+    assert len(complete) == len(manifest) == 4 * manifest["prompt"].nunique()
+    # Killed while replacing a complete set: the complete set stays as it was, beside the manifest it matches.
+    assert _kill_when(project, writing, command=PRETRAINED)
+    assert {p.name: p.read_bytes() for p in samples.iterdir()} == complete
+    check_saved(pd.read_parquet(manifest_file), {partition_id(p.name): Image.open(p) for p in samples.iterdir()},
+                "base-model")
+    _finish(project, PRETRAINED)
+    assert not list(output.glob(".pretrained_samples.*"))  # the killed write's leftovers are gone
+    assert {p.name: p.read_bytes() for p in samples.iterdir()} == complete  # same seeds, same images

@@ -104,3 +104,9 @@ def test_the_finetune_stage_depends_on_all_the_code_a_run_executes(dvc_stages):
     deps = set(dvc_stages["finetune"]["deps"])
     missing = [part for part in RUN_CODE if f"src/dpok/{part}".rstrip("/") not in deps]
     assert not missing, f"add to the finetune stage's deps in dvc.yaml: {missing}"
+
+
+def test_stages_that_write_through_the_projects_datasets_depend_on_them(dvc_stages):
+    """The image sets, the LoRA and the model folder are written by dpok.datasets: a change there reruns them."""
+    for stage in ("pretrained", "finetune", "evaluate"):
+        assert "src/dpok/datasets" in dvc_stages[stage]["deps"], stage

@@ -6,6 +6,7 @@ import pytest
 from kedro.runner import SequentialRunner
 from PIL import Image
 
+from dpok.evaluation.manifest import pixel_digest
 from dpok.evaluation.sampling import generate_seeded_images
 from dpok.pipelines.pretrained import create_pipeline
 from dpok.pipelines.pretrained.nodes import sample_pretrained_images
@@ -24,7 +25,7 @@ def test_pretrained_writes_one_png_per_prompt_and_seed_and_a_manifest(pretrained
     root, catalog = pretrained_run
     manifest = pd.read_parquet(root / "data/07_model_output/pretrained_manifest.parquet")
     assert list(manifest.columns) == [
-        "prompt", "category", "split", "seed", "file", "jpeg_compressibility", "test_mean_brightness",
+        "prompt", "category", "split", "seed", "file", "jpeg_compressibility", "test_mean_brightness", "pixels_sha256",
     ]
     assert len(manifest) == 5 * 4 and set(manifest["split"]) == {"train", "heldout"}
     folder = root / "data/07_model_output/pretrained_samples"
@@ -36,6 +37,7 @@ def test_pretrained_writes_one_png_per_prompt_and_seed_and_a_manifest(pretrained
     prompts, seeds = manifest["prompt"].tolist(), manifest["seed"].tolist()
     same = generate_seeded_images(tiny_base_model, prompts, seeds, batch_size=6, **kwargs)
     np.testing.assert_array_equal(saved, same)
+    assert manifest["pixels_sha256"].tolist() == [pixel_digest(image) for image in saved]
     # ...and in other batches the same noise, up to float32 summation order (one uint8 level at most).
     other = generate_seeded_images(tiny_base_model, prompts, seeds, batch_size=20, **kwargs)
     assert np.abs(saved.astype(int) - other.astype(int)).max() <= 1

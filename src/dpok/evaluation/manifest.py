@@ -36,6 +36,7 @@ rest (the runner between the two nodes, and between the node's return and the fi
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -143,6 +144,7 @@ class LazyScoredSamples:
         self._batch_size = int(batch_size)
         self._n_batches = -(-len(self._plan) // self._batch_size)
         self._scores = {name: np.full(len(self._plan), np.nan) for name in self._score_fns}
+        self._digests = [""] * len(self._plan)
         self._scored = np.zeros(self._n_batches, dtype=bool)
         self._served = np.zeros(len(self._plan), dtype=bool)
         self._cache_index: int | None = None
@@ -213,6 +215,7 @@ class LazyScoredSamples:
                 if scores.shape != (stop - start,):
                     raise ValueError(f"score {name!r} returned shape {scores.shape}; expected ({stop - start},)")
                 self._scores[name][start:stop] = scores
+            self._digests[start:stop] = [pixel_digest(image) for image in images]
             self._scored[batch] = True
             self._seconds["scoring"] += self._clock() - t1
         self._cache, self._cache_index = images, batch
@@ -258,6 +261,7 @@ class LazyScoredSamples:
         manifest = self._plan.copy()
         for name, values in self._scores.items():
             manifest[name] = values
+        manifest[DIGEST_COLUMN] = self._digests
         self._sample_batch, self._cache, self._cache_index = None, None, None
         self._finished = (manifest, timing)
         return self._finished
@@ -271,11 +275,38 @@ def score_means(manifest: pd.DataFrame, score_names: Sequence[str]) -> dict[str,
     return result
 
 
-def check_saved(manifest: pd.DataFrame, saved: Mapping[str, Any], label: str) -> None:
-    """Raise when an image of ``manifest`` is not among the ``saved`` partitions (as loaded from disk)."""
+DIGEST_COLUMN = "pixels_sha256"
+"""Manifest column: SHA-256 (first 16 hex digits) of each image's uint8 RGB pixels, so an image set and a
+manifest from different runs (a run killed between writing them) are told apart."""
+
+
+def pixel_digest(image: np.ndarray | Image.Image) -> str:
+    pixels = np.ascontiguousarray(np.asarray(image.convert("RGB") if isinstance(image, Image.Image) else image,
+                                             dtype=np.uint8))
+    return hashlib.sha256(pixels.tobytes()).hexdigest()[:16]
+
+
+def check_saved(manifest: pd.DataFrame, saved: Mapping[str, Any], label: str, rerun: str | None = None) -> None:
+    """Raise when an image of ``manifest`` is not among the ``saved`` partitions (as loaded from disk) or,
+    when the manifest has pixel digests, differs from the image the manifest describes."""
+    fix = f" Rerun `{rerun}` to write both again." if rerun else ""
     missing = [f for f in manifest["file"] if partition_id(f) not in saved]
     if missing:
-        raise RuntimeError(f"{len(missing)} {label} image(s) missing on disk after saving, e.g. {missing[0]!r}")
+        raise RuntimeError(f"{len(missing)} {label} image(s) missing on disk, e.g. {missing[0]!r}.{fix}")
+    if DIGEST_COLUMN not in manifest.columns:
+        return
+    differ = [file for file, digest in zip(manifest["file"], manifest[DIGEST_COLUMN])
+              if pixel_digest(_loaded(saved[partition_id(file)])) != digest]
+    if differ:
+        raise RuntimeError(
+            f"{len(differ)} of {len(manifest)} {label} image(s) on disk are not the ones their manifest describes "
+            f"(first: {differ[0]!r}): the images and the manifest come from different runs, as when a run is "
+            f"stopped between writing them.{fix}"
+        )
+
+
+def _loaded(partition: Any) -> Image.Image:
+    return partition() if callable(partition) else partition
 
 
 def sample_set_summary(

@@ -28,7 +28,7 @@ from dpok.evaluation import (
     render_page,
     render_report,
 )
-from dpok.evaluation.manifest import PLAN_COLUMNS, finish_sample_set
+from dpok.evaluation.manifest import PLAN_COLUMNS, check_saved, finish_sample_set
 from dpok.evaluation.sampler import pipeline_sampler, score_functions
 from dpok.models import load_lora
 
@@ -105,11 +105,18 @@ def compare_scores(
     return metrics, {key: {"value": value, "step": 0} for key, value in flat_metrics(metrics).items()}
 
 
+def _check_sets(pretrained_manifest, finetuned_manifest, pretrained_samples, finetuned_samples) -> None:
+    """The stored image sets are the ones their manifests describe (not a set half-replaced by a killed run)."""
+    check_saved(pretrained_manifest, pretrained_samples, "base-model", rerun="kedro run --pipelines pretrained")
+    check_saved(finetuned_manifest, finetuned_samples, "fine-tuned", rerun="kedro run --pipelines evaluate")
+
+
 def draw_comparison_grid(
     pretrained_manifest: pd.DataFrame, finetuned_manifest: pd.DataFrame,
     pretrained_samples: dict[str, Callable], finetuned_samples: dict[str, Callable], params: dict[str, Any],
 ) -> Image.Image:
     """Rows: prompts (spread over splits and categories); columns: base | fine-tuned at the same seeds."""
+    _check_sets(pretrained_manifest, finetuned_manifest, pretrained_samples, finetuned_samples)
     config = EvaluateConfig.from_dict(params)
     return comparison_grid(
         pretrained_manifest, finetuned_manifest, pretrained_samples, finetuned_samples,
@@ -122,6 +129,7 @@ def export_human_eval(
     pretrained_samples: dict[str, Callable], finetuned_samples: dict[str, Callable], params: dict[str, Any],
 ) -> tuple[dict[str, Callable[[], Image.Image]], str, pd.DataFrame, pd.DataFrame, dict[str, Any]]:
     """The raters' folder (images, index.html, pairs.csv), the key (kept outside it) and a summary."""
+    _check_sets(pretrained_manifest, finetuned_manifest, pretrained_samples, finetuned_samples)
     config = HumanEvalConfig.from_dict(params)
     pairs, key = build_pairs(
         pretrained_manifest, finetuned_manifest, pairs_per_prompt=config.pairs_per_prompt, seed=config.seed
