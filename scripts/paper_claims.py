@@ -203,7 +203,11 @@ def main() -> None:
                                            if any(r['arm'] == a for r in runs))
         + f"). Every run has the same sample budget ({', '.join(map(str, budget))} trajectories, i.e. reward calls) "
         "on the default training prompts and is evaluated on the evaluation's fixed seeds (16 per prompt), base "
-        "and fine-tuned from the same noise. Verdicts are computed from the intervals, not chosen."
+        "and fine-tuned from the same noise. Verdicts are computed from the intervals, not chosen.\n\n"
+        "Repeat: `scripts/paper_claims.sh` runs every arm and seed as a DVC experiment (skipping finished ones; "
+        "`SEEDS`, `ROUNDS`, `THREADS` set the matrix), or one arm and seed, e.g. `scripts/paper_claims.sh sft` "
+        "with `SEEDS=0`; then `python scripts/paper_claims.py` rewrites this page. `dvc exp show` lists the "
+        "experiments with their parameters and metrics."
     )
     (ROOT / args.docs).write_text(results_markdown(table, verdicts, heldout, intro, tuple(shown)))
     for v in verdicts:
