@@ -30,3 +30,11 @@ def test_summary_of_a_short_or_empty_run():
     text = run_summary(_history(3).assign(kl_bound_nats=np.nan), {}, None)
     assert "in round 1 →" in text and "in round 3." in text and "KL bound" not in text and "Before/after" not in text
     assert "no round was trained" in run_summary(_history(0), {}, None)
+
+
+def test_summary_of_an_sft_run():
+    history = pd.DataFrame({"round": [1, 2, 3], "loss": [0.02, 0.015, 0.01], "weighted_mse": [0.02, 0.015, 0.01],
+                            "kl_mse": [0.0, 1e-4, 2e-4], "grad_norm": [0.01] * 3, "kl_bound_nats": [np.nan, np.nan, 12.5]})
+    text = run_summary(history, {"LoRA": "lora"}, None)
+    assert text.startswith("SFT finished 3 step(s)") and "0.02 in step 1 → 0.01 in step 3" in text
+    assert "last reported round: 12.5 nats" in text

@@ -238,3 +238,20 @@ def test_source_digests_follow_every_byte_of_the_run_code(tmp_path):
     assert source_digests(("rl", "devices.py"), root=tmp_path)["rl/a.py"] != before["rl/a.py"]
     with pytest.raises(FileNotFoundError):
         source_digests(("nothing",), root=tmp_path)
+
+
+@pytest.mark.skipif(not SHIPPED.exists(), reason="the shipped base model is not in this checkout")
+def test_kedro_run_with_method_sft_from_the_command_line(tmp_path):
+    """Through the CLI, so the project's hooks (the end-of-run summary) see an SFT history too."""
+    import subprocess
+
+    from helpers import BIN, OFFLINE_ENV, copy_project
+
+    project = copy_project(tmp_path, data=("data/01_raw", "data/06_models/shapes_base"))
+    params = ("finetune.method=sft,finetune.rl.num_rounds=1,finetune.rl.g_batch=4,finetune.rl.num_inference_steps=4,"
+              "finetune.rl.kl_report_trajectories=1,finetune.sft.steps=2,finetune.sft.batch_size=4")
+    result = subprocess.run([str(BIN / "kedro"), "run", "--pipelines", "finetune", "--params", params], cwd=project,
+                            env={**OFFLINE_ENV, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "SFT finished 2 step(s)" in result.stdout
+    assert (project / "data/06_models/lora/pytorch_lora_weights.safetensors").is_file()

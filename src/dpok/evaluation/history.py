@@ -95,18 +95,22 @@ def run_summary(history: pd.DataFrame, paths: dict[str, str], next_command: str 
     rounds = len(history)
     if rounds == 0:
         return "DPOK: no round was trained (the run resumed a finished checkpoint)."
-    tenth = max(1, rounds // 10)
-    first, last = history.iloc[:tenth], history.iloc[-tenth:]
+    if "reward_mean" not in history.columns and "weighted_mse" in history.columns:  # finetune.method: sft
+        lines = [f"SFT finished {rounds} step(s) on the base model's samples. Loss {history['loss'].iloc[0]:.4g} "
+                 f"in step 1 → {history['loss'].iloc[-1]:.4g} in step {rounds}."]
+    else:
+        tenth = max(1, rounds // 10)
+        first, last = history.iloc[:tenth], history.iloc[-tenth:]
 
-    def reward(part: pd.DataFrame) -> str:
-        return f"{part['reward_mean'].mean():.3f} ± {part['reward_std'].mean():.3f}"
+        def reward(part: pd.DataFrame) -> str:
+            return f"{part['reward_mean'].mean():.3f} ± {part['reward_std'].mean():.3f}"
 
-    span = "round 1" if tenth == 1 else f"rounds 1–{tenth}"
-    last_span = f"round {rounds}" if tenth == 1 else f"rounds {rounds - tenth + 1}–{rounds}"
-    lines = [
-        f"DPOK finished {rounds} round(s). Training reward (mean ± within-round std): "
-        f"{reward(first)} in {span} → {reward(last)} in {last_span}.",
-    ]
+        span = "round 1" if tenth == 1 else f"rounds 1–{tenth}"
+        last_span = f"round {rounds}" if tenth == 1 else f"rounds {rounds - tenth + 1}–{rounds}"
+        lines = [
+            f"DPOK finished {rounds} round(s). Training reward (mean ± within-round std): "
+            f"{reward(first)} in {span} → {reward(last)} in {last_span}.",
+        ]
     kl = history["kl_bound_nats"].dropna() if "kl_bound_nats" in history else pd.Series(dtype=float)
     if len(kl):
         lines.append(f"KL bound to the base model in the last reported round: {kl.iloc[-1]:.1f} nats per trajectory.")
