@@ -34,21 +34,11 @@ def left_share(images: np.ndarray, prompts: list[str]) -> np.ndarray:
     return (foreground[:, :, :half].sum((1, 2)) + 1e-6) / (foreground.sum((1, 2)) + 2e-6)
 
 
-def test_the_default_sampler_learns_a_layout_reward_on_the_shipped_model(tmp_path):
+def _left_share_gain(pipeline, prompts: list[str], params: dict, first_seed: int):
+    """Per-image left share with the LoRA minus without it, on 4 fixed seeds per prompt (and both means)."""
     from dpok.evaluation.sampling import generate_seeded_images
-    from dpok.models import load_pipeline
 
-    params = yaml.safe_load((ROOT / "conf/base/parameters_finetune.yml").read_text())["finetune"]["rl"]
-    params.update(
-        num_rounds=40, p_step=8, accum=1, learning_rate=3e-3, kl_weight=0.0, use_value_function=False,
-        checkpoint_every=40, resume=False,
-    )
-    prompts = pd.read_csv(ROOT / "data/01_raw/prompts/shapes_train.csv")["prompt"].tolist()
-    pipeline = load_pipeline(str(ROOT / "data/06_models/shapes_base"))
-    pipeline.set_progress_bar_config(disable=True)
-    train_dpok(pipeline, prompts, left_share, FinetuneConfig.from_dict(params), tmp_path, progress=False)
-
-    seeds = list(range(1000, 1004)) * len(prompts)
+    seeds = list(range(first_seed, first_seed + 4)) * len(prompts)
     repeated = [p for p in prompts for _ in range(4)]
 
     def scores() -> np.ndarray:
@@ -61,14 +51,29 @@ def test_the_default_sampler_learns_a_layout_reward_on_the_shipped_model(tmp_pat
     trained = scores()
     with torch.no_grad(), reference_model(pipeline.unet):
         base = scores()
-    gain = trained - base
+    return trained - base, base, trained
+
+
+def test_the_default_sampler_learns_a_layout_reward_on_the_shipped_model(tmp_path):
+    from dpok.models import load_pipeline
+
+    params = yaml.safe_load((ROOT / "conf/base/parameters_finetune.yml").read_text())["finetune"]["rl"]
+    params.update(
+        num_rounds=40, p_step=8, accum=1, learning_rate=3e-3, kl_weight=0.0, use_value_function=False,
+        checkpoint_every=40, resume=False,
+    )
+    prompts = pd.read_csv(ROOT / "data/01_raw/prompts/shapes_train.csv")["prompt"].tolist()
+    pipeline = load_pipeline(str(ROOT / "data/06_models/shapes_base"))
+    pipeline.set_progress_bar_config(disable=True)
+    train_dpok(pipeline, prompts, left_share, FinetuneConfig.from_dict(params), tmp_path, progress=False)
+
+    gain, base, trained = _left_share_gain(pipeline, prompts, params, first_seed=1000)
     assert gain.mean() > 0.15 and gain.mean() / (gain.std() / np.sqrt(len(gain))) > 4, (base.mean(), trained.mean())
 
 
 def test_reward_weighted_sft_moves_samples_towards_the_preferred_class(tmp_path):
     """SFT on the base model's own samples, weighted 1 for an image whose objects lie mostly on the left and 0
     otherwise (a class preference, as with Lee et al.'s binary labels), moves fresh samples to the left."""
-    from dpok.evaluation.sampling import generate_seeded_images
     from dpok.models import load_pipeline
     from dpok.rl import SFTConfig, train_sft
 
@@ -83,18 +88,5 @@ def test_reward_weighted_sft_moves_samples_towards_the_preferred_class(tmp_path)
     train_sft(pipeline, prompts, prefers_left, FinetuneConfig.from_dict(params),
               SFTConfig(kl_weight=0.0, steps=150, report_every=0), progress=False)
 
-    seeds = list(range(2000, 2004)) * len(prompts)
-    repeated = [p for p in prompts for _ in range(4)]
-
-    def scores() -> np.ndarray:
-        images = generate_seeded_images(
-            pipeline, repeated, seeds, num_inference_steps=params["num_inference_steps"],
-            guidance_scale=params["guidance_scale"], batch_size=48,
-        )
-        return left_share(images, repeated)
-
-    trained = scores()
-    with torch.no_grad(), reference_model(pipeline.unet):
-        base = scores()
-    gain = trained - base
+    gain, base, trained = _left_share_gain(pipeline, prompts, params, first_seed=2000)
     assert gain.mean() > 0.05 and gain.mean() / (gain.std() / np.sqrt(len(gain))) > 3, (base.mean(), trained.mean())
