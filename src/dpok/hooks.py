@@ -74,9 +74,9 @@ def tracking_uri(conf_mlflow: dict[str, Any], project_path: Path) -> str:
     from urllib.parse import urlparse
 
     uri = (conf_mlflow.get("server") or {}).get("mlflow_tracking_uri") or os.environ.get("MLFLOW_TRACKING_URI") or "mlruns"
-    if uri in ("databricks", "databricks-uc") or urlparse(uri).scheme not in ("", "file") or Path(uri).is_absolute():
+    if uri in ("databricks", "databricks-uc") or urlparse(uri).scheme:
         return uri
-    return (project_path / uri).resolve().as_uri() if urlparse(uri).scheme == "" else uri
+    return (project_path / uri).resolve().as_uri()
 
 
 def check_tracking_store(uri: str, registry_uri: str | None = None) -> None:
