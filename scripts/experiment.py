@@ -133,7 +133,7 @@ def main(argv: list[str] | None = None) -> None:
             pass
     train_seconds = time.perf_counter() - started
     if args.no_eval:
-        for key in ("reward_mean", "value_variance_ratio", "kl_bound_nats", "seconds_sampling", "seconds_update"):
+        for key in ("reward_mean", "value_variance_ratio", "kl_bound_nats", "seconds_sampling", "seconds_policy"):
             print(key, " ".join(f"{row[key]:.3g}" for row in history))
         return
     finetuned = _evaluate(pipeline, table, sampling, adapter=True)

@@ -292,7 +292,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         report[key] = {
             "gradient_checkpointing": checkpointing,
             "seconds": seconds,
-            **{k: row[k] for k in ("seconds_sampling", "seconds_reward", "seconds_kl_report", "seconds_update")},
+            **{k: row[k] for k in ("seconds_sampling", "seconds_reward", "seconds_kl_report", "seconds_buffer", "seconds_value", "seconds_policy")},
             "images": config.g_batch,
             "policy_steps": config.p_step,
             "micro_batches": config.p_step * config.accum,

@@ -3,7 +3,8 @@
 Covered elsewhere: `make test` is what CI runs (.ci/run); `kedro run --pipelines prompts` and the
 finetune/evaluate pipelines have their own tests; `make run` and `dvc repro` are the slow checks
 (tests/test_slow_end_to_end.py, `pytest -m slow`), which also runs `kedro run --env shapes_single` in full;
-tests/pipelines/test_shapes_single_env.py runs it for two rounds.
+tests/pipelines/test_shapes_single_env.py runs it for two rounds; the `accelerate launch` command runs in
+tests/pipelines/test_multiprocess_finetune.py (slow).
 """
 
 import re
@@ -47,7 +48,8 @@ def test_every_readme_command_is_known():
     known = re.compile(
         r"^(make (run|test)|python3 -m venv \.venv|\.venv/bin/(pip|kedro|python) .*|export .*|kedro (registry list|run --pipelines \w+|run --env shapes_single|viz build)"
         r"|mlflow ui --backend-store-uri sqlite:///mlflow\.db|dvc (repro|metrics show|plots show|exp run -S .*|exp show"
-        r"|remote add -d storage .*|push|pull|unfreeze pretrain && dvc repro pretrain))$"
+        r"|remote add -d storage .*|push|pull|unfreeze pretrain && dvc repro pretrain)"
+        r"|accelerate launch --multi_gpu --num_processes 2 -m kedro run --pipelines finetune)$"
     )
     unknown = [c for c in commands() if not known.match(c)]
     assert not unknown, f"README commands without a test: {unknown}"

@@ -1,8 +1,9 @@
-"""Kedro hooks of the project: the MLflow store checked before anything runs, and the summary a user
-reads when a run that fine-tuned ends."""
+"""Kedro hooks of the project: the MLflow store checked before anything runs, the summary a user reads
+when a run that fine-tuned ends, and, in a multi-process launch, outputs written by the main rank only."""
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,7 @@ from kedro.config import MissingConfigException
 from kedro.framework.hooks import hook_impl
 
 from dpok.evaluation.history import run_summary
+from dpok.rl.distributed import is_main_process
 
 # Catalog entries whose files the summary points to, by label.
 _SUMMARY_OUTPUTS = {
@@ -48,7 +50,7 @@ class RunSummaryHook:
     @hook_impl
     def after_pipeline_run(self, run_params: dict[str, Any], pipeline, catalog) -> None:
         outputs = pipeline.all_outputs()
-        if "finetune_history" not in outputs:
+        if "finetune_history" not in outputs or not is_main_process():
             return
         evaluated = "evaluation_report" in outputs
         paths = {
@@ -111,7 +113,7 @@ class TrackingStoreCheckHook:
     def after_context_created(self, context) -> None:
         import mlflow
 
-        if mlflow.active_run() is not None:  # an orchestrator configured MLflow itself
+        if mlflow.active_run() is not None or not is_main_process():  # set up elsewhere, or rank 0 tracks
             return
         loader = context.config_loader
         loader.config_patterns.setdefault("mlflow", ["mlflow*", "mlflow*/**", "**/mlflow*"])
@@ -130,3 +132,25 @@ class TrackingStoreCheckHook:
                 "the folder of a sqlite/file store and make it writable; the project's default is "
                 "sqlite:///mlflow.db, a file in the project folder. Nothing has run yet."
             ) from None
+
+
+class MainProcessWritesHook:
+    """``accelerate launch ... -m kedro run``: every rank runs the pipeline, only rank 0 writes.
+
+    On the other ranks the catalog keeps what nodes save in memory (later nodes of the run still load it)
+    and writes nothing; their logs drop to warnings. kedro-mlflow is off on those ranks (settings.py)."""
+
+    @hook_impl
+    def after_catalog_created(self, catalog) -> None:
+        if is_main_process():
+            return
+        saved: dict[str, Any] = {}
+        read = catalog.load
+
+        def load(ds_name: str, version: str | None = None) -> Any:
+            return saved[ds_name] if ds_name in saved else read(ds_name, version)
+
+        catalog.save = saved.__setitem__
+        catalog.load = load
+        for name in ("kedro", "dpok"):
+            logging.getLogger(name).setLevel(logging.WARNING)

@@ -17,7 +17,7 @@ from dpok.rl import (
     train_dpok,
 )
 
-TIMING = {"seconds_sampling", "seconds_reward", "seconds_kl_report", "seconds_update"}
+TIMING = {"seconds_sampling", "seconds_reward", "seconds_kl_report", "seconds_buffer", "seconds_value", "seconds_policy"}
 
 
 def _names(folder) -> list[str]:

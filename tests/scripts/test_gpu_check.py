@@ -45,7 +45,7 @@ def test_tiny_run_reports_every_phase_as_json(gpu_check, tmp_path, capsys):
     for row in (first, other):
         assert row["micro_batches"] == row["policy_steps"] == 4 and row["skipped_steps"] < 4 and row["finite"]
         assert row["clip_range"] == 1e-4 and row["ratio_dev"] >= 0 and 0 <= row["clip_fraction"] <= 1
-        parts = sum(row[k] for k in ("seconds_sampling", "seconds_reward", "seconds_kl_report", "seconds_update"))
+        parts = sum(row[k] for k in ("seconds_sampling", "seconds_reward", "seconds_kl_report", "seconds_buffer", "seconds_value", "seconds_policy"))
         assert 0 < parts <= row["seconds"]
 
 

@@ -53,6 +53,16 @@ class TransitionBatch:
             moved[field.name] = value.to(device) if isinstance(value, torch.Tensor) else value
         return TransitionBatch(**moved)
 
+    def rows(self, index: range) -> TransitionBatch:
+        """The transitions at ``index`` (a contiguous range; the whole range is this batch itself)."""
+        if index == range(len(self)):
+            return self
+        part = slice(index.start, index.stop)
+        return TransitionBatch(**{
+            field.name: None if getattr(self, field.name) is None else getattr(self, field.name)[part]
+            for field in fields(self)
+        })
+
 
 class TransitionBuffer:
     """Ring buffer of transitions with uniform sampling; logical index 0 is the oldest transition."""

@@ -30,7 +30,7 @@ VALUE_FEATURES = ("latent", "tweedie", "tweedie_reward")
 # mixed_precision and gradient_checkpointing are hardware knobs: a run may resume on another machine.
 RESUMABLE_CHANGES = frozenset(
     {"num_rounds", "checkpoint_every", "keep_last_checkpoints", "resume", "kl_report_trajectories", "sample_batch_size",
-     "mixed_precision", "gradient_checkpointing"}
+     "update_batch_size", "mixed_precision", "gradient_checkpointing"}
 )
 
 
@@ -55,8 +55,14 @@ class FinetuneConfig:
             (``reward_normalisation``), as DDPO's per-prompt statistics and GRPO's groups do.
         share_initial_noise: The trajectories of a group start from the same x_T (DanceGRPO), so their
             rewards differ only by the policy's own choices along the way.
-        sample_batch_size: Trajectories per sampler call (memory knob); None samples all g_batch at once.
+        sample_batch_size: Trajectories per sampler call (memory knob); None samples all g_batch at once
+            (with N processes: g_batch / N per process).
             Each trajectory has its own noise stream, so this does not change the samples.
+        update_batch_size: Transitions per forward/backward pass of the value and policy steps (memory knob:
+            gradients accumulate over the passes, the steps are the same); None: the whole micro-batch
+            (with N processes: a share of p_batch / N per process). A one-process run equals an N-process
+            run to the last bit when both set sample_batch_size and update_batch_size to the N-process
+            shares (docs/distributed.md).
         num_inference_steps: DDIM steps T per trajectory.
         guidance_scale: CFG weight w (CFG is off for w <= 1).
         eta: DDIM η; must be in (0, 1] so every step is a Gaussian with a density.
@@ -119,11 +125,12 @@ class FinetuneConfig:
     """
 
     seed: int = 0
-    num_rounds: int = 75
+    num_rounds: int = 54
     g_batch: int = 16
     trajectories_per_prompt: int = 4
     share_initial_noise: bool = True
     sample_batch_size: int | None = None
+    update_batch_size: int | None = None
     num_inference_steps: int = 20
     guidance_scale: float = 3.0
     eta: float = 1.0
@@ -143,7 +150,7 @@ class FinetuneConfig:
     buffer_size: int = 1000
     p_batch: int = 32
     accum: int = 2
-    p_step: int = 2
+    p_step: int = 4
     use_value_function: bool = True
     value_learning_rate: float = 1e-3
     value_batch_size: int = 128
@@ -199,6 +206,8 @@ class FinetuneConfig:
             integer(name, 0)
         if self.sample_batch_size is not None:
             integer("sample_batch_size", 1)
+        if self.update_batch_size is not None:
+            integer("update_batch_size", 1)
         number("guidance_scale", ge=0)
         number("eta", gt=0, le=1)
         number("lora_alpha", gt=0)

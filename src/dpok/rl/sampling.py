@@ -299,6 +299,19 @@ class Trajectory:
             noise_preds=self.noise_preds[:, start:stop],
         )
 
+    def to(self, device: torch.device | str) -> Trajectory:
+        """The same trajectories with every tensor on ``device``."""
+        negative = self.negative_prompt_embeds
+        return replace(
+            self,
+            latents=self.latents.to(device),
+            timesteps=self.timesteps.to(device),
+            log_probs=self.log_probs.to(device),
+            noise_preds=self.noise_preds.to(device),
+            prompt_embeds=self.prompt_embeds.to(device),
+            negative_prompt_embeds=None if negative is None else negative.to(device),
+        )
+
     def subset(self, indices: Sequence[int]) -> Trajectory:
         """The trajectories at ``indices`` (in that order)."""
         rows = torch.as_tensor(list(indices), dtype=torch.long)

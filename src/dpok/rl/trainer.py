@@ -50,6 +50,7 @@ from dpok.rl.checkpoint import (
     save_checkpoint,
 )
 from dpok.rl.config import RESUMABLE_CHANGES, FinetuneConfig
+from dpok.rl.distributed import Ranks
 from dpok.rl.kl import reference_model, step_kl, trajectory_kl_bound
 from dpok.rl.losses import PerPromptRewardNormaliser, advantages, group_statistics, policy_loss
 from dpok.rl.sampling import (
@@ -62,7 +63,7 @@ from dpok.rl.sampling import (
     sample_trajectories,
     validate_scheduler_for_logprob,
 )
-from dpok.rl.value import ValueFunction, prompt_text_feature, value_update
+from dpok.rl.value import ValueFunction, prompt_text_feature, value_loss
 
 logger = logging.getLogger(__name__)
 
@@ -88,7 +89,9 @@ METRIC_NAMES = (
     "seconds_sampling",
     "seconds_reward",
     "seconds_kl_report",
-    "seconds_update",
+    "seconds_buffer",
+    "seconds_value",
+    "seconds_policy",
 )
 """Keys of each round's metrics. ``kl_bound_nats``: exact KL bound (nats, summed over steps and latent
 elements) averaged over this round's first ``kl_report_trajectories`` fresh trajectories;
@@ -204,6 +207,19 @@ def _score(reward_fn: RewardFn, images: np.ndarray, prompts: list[str], round_nu
             f"round {round_number}; {bad.size} of {len(prompts)} non-finite). Rewards must be finite numbers"
         )
     return rewards
+
+
+def _score_shared(
+    reward_fn: RewardFn, images: np.ndarray, prompts: list[str], round_number: int, ranks: Ranks
+) -> np.ndarray:
+    """:func:`_score` with each rank scoring its share of the images; every rank gets all rewards."""
+    if not ranks.distributed:
+        return _score(reward_fn, images, prompts, round_number)
+    share = ranks.shard(len(prompts))
+    local = np.empty(0)
+    if len(share):
+        local = _score(reward_fn, images[share.start : share.stop], prompts[share.start : share.stop], round_number)
+    return np.concatenate(ranks.gather([local]))
 
 
 @dataclass
@@ -344,24 +360,28 @@ def _initial_noise(unet, config: FinetuneConfig, round_number: int, groups: list
 
 
 def _sample_round(
-    pipeline, prompts: list[str], groups: list[int], config: FinetuneConfig, round_number: int
+    pipeline, prompts: list[str], groups: list[int], config: FinetuneConfig, round_number: int,
+    ranks: Ranks = Ranks(),
 ) -> Trajectory:
-    generators = [_generator(config.seed, round_number, _SAMPLING, i) for i in range(len(prompts))]
+    """The round's trajectories in chunks of ``sample_batch_size``; each rank samples its chunks (trajectory
+    i from stream i) and all get all."""
     initial = _initial_noise(pipeline.unet, config, round_number, groups)
-    chunk = config.sample_batch_size or len(prompts)
     parts = [
         sample_trajectories(
             pipeline,
-            prompts[start : start + chunk],
+            prompts[chunk.start : chunk.stop],
             num_inference_steps=config.num_inference_steps,
             guidance_scale=config.guidance_scale,
             eta=config.eta,
-            generator=generators[start : start + chunk],
-            latents=None if initial is None else initial[start : start + chunk],
+            generator=[_generator(config.seed, round_number, _SAMPLING, i) for i in chunk],
+            latents=None if initial is None else initial[chunk.start : chunk.stop],
         )
-        for start in range(0, len(prompts), chunk)
+        for chunk in ranks.chunks(len(prompts), config.sample_batch_size)
     ]
-    return Trajectory.concatenate(parts)
+    if not ranks.distributed:
+        return Trajectory.concatenate(parts)
+    local = [Trajectory.concatenate(parts).to("cpu")] if parts else []
+    return Trajectory.concatenate(ranks.gather(local)).to(pipeline.unet.device)
 
 
 def _reward_statistics(
@@ -378,7 +398,7 @@ def _reward_statistics(
 
 def _value_features(
     pipeline, reward_fn: RewardFn, trajectory: Trajectory, means: np.ndarray, scales: np.ndarray,
-    config: FinetuneConfig, chunk_size: int, round_number: int,
+    config: FinetuneConfig, chunk_size: int, round_number: int, ranks: Ranks,
 ) -> torch.Tensor | None:
     """The extra inputs of V_φ for every transition of ``trajectory`` (``value_features``), (B·T, F)."""
     if config.value_features == "latent":
@@ -394,11 +414,12 @@ def _value_features(
     if config.value_features == "tweedie_reward":
         prompts = [p for p in trajectory.prompts for _ in range(steps)]
         device = pipeline.unet.device
-        scores = np.concatenate([
-            _score(reward_fn, decode_latents(pipeline, x0_hat[i : i + chunk_size].to(device)),
-                   prompts[i : i + chunk_size], round_number)
-            for i in range(0, batch * steps, chunk_size)
-        ])
+        local = [  # decoding and scoring x̂_0 is the costly part: shared between ranks
+            _score(reward_fn, decode_latents(pipeline, x0_hat[chunk.start : chunk.stop].to(device)),
+                   prompts[chunk.start : chunk.stop], round_number)
+            for chunk in ranks.chunks(batch * steps, chunk_size)
+        ]
+        scores = np.concatenate(ranks.gather(local) if ranks.distributed else local)
         standardised = (scores - np.repeat(means, steps)) / np.repeat(scales, steps)
         features.append(torch.as_tensor(standardised, dtype=torch.float32).reshape(-1, 1))
     return torch.cat(features, dim=1)
@@ -431,7 +452,7 @@ def value_variance_ratio(targets: torch.Tensor, baselines: torch.Tensor, step_in
 
 def _push_transitions(
     pipeline, reward_fn: RewardFn, run: RunState, config: FinetuneConfig, trajectory: Trajectory,
-    rewards: np.ndarray, groups: list[int], round_number: int,
+    rewards: np.ndarray, groups: list[int], round_number: int, ranks: Ranks,
 ) -> dict[str, float]:
     """Standardise the rewards, cut the trained window, and push its transitions with their baselines.
 
@@ -452,9 +473,9 @@ def _push_transitions(
     features = None
     baselines = torch.zeros(len(kept) * steps)
     if run.value_fn is not None:
-        chunk = config.sample_batch_size or config.g_batch
+        chunk = config.sample_batch_size or -(-config.g_batch // ranks.world_size)
         features = _value_features(
-            pipeline, reward_fn, trained, means[kept], scales[kept], config, chunk, round_number
+            pipeline, reward_fn, trained, means[kept], scales[kept], config, chunk, round_number, ranks
         )
         # Baselines come from V_φ before it is fitted on these transitions: fitted on them, an MLP memorises
         # the few trajectories' rewards and r − V collapses to noise (no learning in a shapes-world test).
@@ -475,7 +496,28 @@ def _push_transitions(
     return ratios
 
 
-def _value_steps(run: RunState, config: FinetuneConfig, round_number: int, device: torch.device) -> list[float]:
+def _value_step(run: RunState, batch: TransitionBatch, config: FinetuneConfig, ranks: Ranks, device) -> float:
+    """One AdamW step of V_φ on the MSE to the reward over ``batch``; returns the loss before the step.
+
+    Chunked and shared between ranks like a policy micro-batch (:func:`_microbatch_gradients`)."""
+    run.value_optimizer.zero_grad(set_to_none=True)
+    total = torch.zeros((), device=device)
+    for chunk in ranks.chunks(len(batch), config.update_batch_size):
+        rows = batch.rows(chunk).to(device)
+        loss = value_loss(
+            run.value_fn, rows.latents, rows.step_indices, prompt_text_feature(rows.prompt_embeds), rows.rewards,
+            rows.value_features if run.value_fn.extra_dim else None,
+        ) * (len(chunk) / len(batch))
+        loss.backward()
+        total += loss.detach()
+    ranks.sum_gradients(run.value_fn.parameters())
+    run.value_optimizer.step()
+    return float(ranks.sum(total))
+
+
+def _value_steps(
+    run: RunState, config: FinetuneConfig, round_number: int, device: torch.device, ranks: Ranks
+) -> list[float]:
     """``value_steps`` AdamW steps of V_φ on minibatches of the buffer (MSE to the reward)."""
     if run.value_fn is None or not len(run.buffer):
         return []
@@ -485,12 +527,7 @@ def _value_steps(run: RunState, config: FinetuneConfig, round_number: int, devic
     generator = _generator(config.seed, round_number, _VALUE)
     losses = []
     for _ in range(config.value_steps):
-        batch = run.buffer.sample(config.value_batch_size, generator).to(device)
-        losses.append(value_update(
-            run.value_fn, run.value_optimizer, batch.latents, batch.step_indices,
-            prompt_text_feature(batch.prompt_embeds), batch.rewards,
-            batch.value_features if run.value_fn.extra_dim else None,
-        ))
+        losses.append(_value_step(run, run.buffer.sample(config.value_batch_size, generator), config, ranks, device))
     return losses
 
 
@@ -545,20 +582,57 @@ def _policy_microbatch(
     return loss, stats
 
 
+_MICRO_STATS = ("policy_loss", "kl_penalty", "ratio_dev", "clip_fraction")
+
+
+def _microbatch_gradients(
+    unet, scheduler, run: RunState, batch: TransitionBatch, config: FinetuneConfig, weights: torch.Tensor,
+    ranks: Ranks,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Backward of ``batch``'s loss / accum, added to the LoRA gradients already accumulated.
+
+    The rows are computed in chunks of ``update_batch_size`` (one per rank by default), each rank its own
+    chunks, every chunk's mean loss weighted by its share of the rows; the micro-batch's gradient is summed
+    over ranks before it joins the accumulated ones, so N ranks add the same numbers in the same order as
+    one process with one chunk per rank. Returns [ranks with a non-finite loss, *stats] agreed over ranks,
+    and a non-finite loss of this rank (else None)."""
+    accumulated = [parameter.grad for parameter in run.lora_params]
+    for parameter in run.lora_params:
+        parameter.grad = None
+    local = torch.zeros(1 + len(_MICRO_STATS), device=unet.device)
+    bad_loss = None
+    for rows in ranks.chunks(len(batch), config.update_batch_size):
+        loss, stats = _policy_microbatch(unet, scheduler, batch.rows(rows).to(unet.device), config, weights)
+        share = len(rows) / len(batch)
+        values = [(~torch.isfinite(loss)).float(), *(stats[k].float() * share for k in _MICRO_STATS)]
+        local += torch.stack([value.to(unet.device) for value in values])
+        if not torch.isfinite(loss):
+            bad_loss = loss.detach()
+            continue
+        run.scaler.scale(loss * share / config.accum).backward()
+    ranks.sum_gradients(run.lora_params)
+    for parameter, earlier in zip(run.lora_params, accumulated):
+        if earlier is not None:
+            parameter.grad = earlier if parameter.grad is None else earlier + parameter.grad
+    return ranks.sum(local), bad_loss
+
+
 def _policy_step(
     unet, scheduler, run: RunState, config: FinetuneConfig, generator: torch.Generator, weights: torch.Tensor,
+    ranks: Ranks,
 ) -> tuple[str | None, float, list[dict[str, torch.Tensor]]]:
     """One optimiser step over ``accum`` micro-batches; returns (problem or None, grad norm, stats)."""
     run.optimizer.zero_grad(set_to_none=True)
     micro_stats: list[dict[str, torch.Tensor]] = []
     for _ in range(config.accum):
-        batch = run.buffer.sample(config.p_batch, generator).to(unet.device)
-        loss, stats = _policy_microbatch(unet, scheduler, batch, config, weights)
-        if not torch.isfinite(loss):
+        batch = run.buffer.sample(config.p_batch, generator)
+        agreed, bad_loss = _microbatch_gradients(unet, scheduler, run, batch, config, weights, ranks)
+        if agreed[0] > 0:  # every rank skips the step together
             run.optimizer.zero_grad(set_to_none=True)
-            return f"non-finite loss ({loss.item()})", float("nan"), []
-        run.scaler.scale(loss / config.accum).backward()
-        micro_stats.append(stats)
+            value = "" if bad_loss is None else f" ({bad_loss.item()})"
+            where = "" if not ranks.distributed else f" on {int(agreed[0])} chunk(s) of the ranks"
+            return f"non-finite loss{value}{where}", float("nan"), []
+        micro_stats.append(dict(zip(_MICRO_STATS, agreed[1:])))
     run.scaler.unscale_(run.optimizer)  # true gradients before the norm (no-op unless fp16)
     grad_norm = float(torch.nn.utils.clip_grad_norm_(run.lora_params, config.max_grad_norm))
     if not np.isfinite(grad_norm):
@@ -575,7 +649,7 @@ def _policy_step(
 
 
 def _policy_steps(
-    unet, scheduler, run: RunState, config: FinetuneConfig, round_number: int, weights: torch.Tensor,
+    unet, scheduler, run: RunState, config: FinetuneConfig, round_number: int, weights: torch.Tensor, ranks: Ranks,
 ) -> dict[str, float]:
     """``p_step`` policy steps; a step with a non-finite loss or gradient is skipped and counted."""
     stats: dict[str, list[float]] = {"policy_loss": [], "kl_penalty": [], "ratio_dev": [], "clip_fraction": []}
@@ -584,11 +658,12 @@ def _policy_steps(
         scheduler.set_timesteps(config.num_inference_steps)
         generator = _generator(config.seed, round_number, _POLICY)
         for step in range(config.p_step):
-            problem, grad_norm, micro_stats = _policy_step(unet, scheduler, run, config, generator, weights)
+            problem, grad_norm, micro_stats = _policy_step(unet, scheduler, run, config, generator, weights, ranks)
             if problem is not None:
                 skipped += 1
-                logger.warning("round %d, policy step %d: %s; step skipped, LoRA unchanged",
-                               round_number, step + 1, problem)
+                if ranks.is_main:
+                    logger.warning("round %d, policy step %d: %s; step skipped, LoRA unchanged",
+                                   round_number, step + 1, problem)
                 continue
             grad_norms.append(grad_norm)
             for micro in micro_stats:
@@ -598,16 +673,20 @@ def _policy_steps(
             "skipped_steps": skipped}
 
 
-def _kl_report(unet, scheduler, trajectory: Trajectory, config: FinetuneConfig) -> float:
-    """The exact KL bound (nats) averaged over the round's first ``kl_report_trajectories`` trajectories."""
+def _kl_report(unet, scheduler, trajectory: Trajectory, config: FinetuneConfig, ranks: Ranks) -> float:
+    """The exact KL bound (nats) averaged over the round's first ``kl_report_trajectories`` trajectories
+    (shared between ranks)."""
     if config.kl_report_trajectories == 0:
         return float("nan")
-    with _autocast(config, unet.device):
-        bounds = trajectory_kl_bound(
-            unet, scheduler, trajectory, num_trajectories=config.kl_report_trajectories,
-            chunk_size=config.sample_batch_size or config.g_batch,
-        )
-    return float(bounds.mean())
+    share = ranks.shard(min(config.kl_report_trajectories, trajectory.batch_size))
+    bounds = []
+    if len(share):
+        with _autocast(config, unet.device):
+            bounds = [trajectory_kl_bound(
+                unet, scheduler, trajectory.subset(share) if ranks.distributed else trajectory,
+                num_trajectories=len(share), chunk_size=config.sample_batch_size or config.g_batch,
+            ).cpu()]
+    return float(torch.cat(ranks.gather(bounds)).mean())
 
 
 def _mean(values: list[float]) -> float:
@@ -631,28 +710,30 @@ class _Stopwatch:
 
 def _train_round(
     pipeline, prompts: list[str], reward_fn: RewardFn, config: FinetuneConfig, round_number: int,
-    run: RunState, weights: torch.Tensor,
+    run: RunState, weights: torch.Tensor, ranks: Ranks,
 ) -> dict[str, float]:
-    """One round (docs/algorithm.md §4); returns its metrics (keys :data:`METRIC_NAMES`)."""
+    """One round (docs/algorithm.md §4); returns its metrics (keys :data:`METRIC_NAMES`). With several
+    ranks each does its share of the work and all end the round in the same state (dpok.rl.distributed)."""
     unet, scheduler, device = pipeline.unet, pipeline.scheduler, pipeline.unet.device
     clock = _Stopwatch()
     with clock("sampling"):  # 1. prompts and trajectories from the current policy, no grad
         round_prompts, groups = _draw_prompts(prompts, config, round_number)
         with _autocast(config, device):
-            trajectory = _sample_round(pipeline, round_prompts, groups, config, round_number)
+            trajectory = _sample_round(pipeline, round_prompts, groups, config, round_number, ranks)
     with clock("reward"):
-        rewards = _score(reward_fn, trajectory.images, round_prompts, round_number)
+        rewards = _score_shared(reward_fn, trajectory.images, round_prompts, round_number, ranks)
     run.reward_log.extend([round_number, prompt, float(r)] for prompt, r in zip(round_prompts, rewards))
     with clock("kl_report"):
-        kl_bound = _kl_report(unet, scheduler, trajectory, config)
-    with clock("update"):
-        # 2. standardised rewards and the trained steps' transitions into the buffer, with baselines
+        kl_bound = _kl_report(unet, scheduler, trajectory, config, ranks)
+    with clock("buffer"):  # 2. standardised rewards and the trained steps' transitions, with baselines
         baseline_metrics = _push_transitions(
-            pipeline, reward_fn, run, config, trajectory, rewards, groups, round_number
+            pipeline, reward_fn, run, config, trajectory, rewards, groups, round_number, ranks
         )
         del trajectory
-        value_losses = _value_steps(run, config, round_number, device)  # 3. value steps
-        policy = _policy_steps(unet, scheduler, run, config, round_number, weights)  # 4. policy steps
+    with clock("value"):  # 3. value steps
+        value_losses = _value_steps(run, config, round_number, device, ranks)
+    with clock("policy"):  # 4. policy steps
+        policy = _policy_steps(unet, scheduler, run, config, round_number, weights, ranks)
     return {
         "round": round_number,
         "reward_mean": float(rewards.mean()),
@@ -671,7 +752,9 @@ def _train_round(
         "seconds_sampling": clock.seconds["sampling"],
         "seconds_reward": clock.seconds["reward"],
         "seconds_kl_report": clock.seconds["kl_report"],
-        "seconds_update": clock.seconds["update"],
+        "seconds_buffer": clock.seconds["buffer"],
+        "seconds_value": clock.seconds["value"],
+        "seconds_policy": clock.seconds["policy"],
     }
 
 
@@ -694,6 +777,7 @@ def train_dpok(
     checkpoint_dir: str | Path,
     on_round: Callable[[int, dict[str, float]], None] | None = None,
     progress: bool = True,
+    ranks: Ranks | None = None,
 ) -> TrainingResult:
     """Fine-tune ``pipeline.unet`` with a LoRA adapter by DPOK; returns the history and final LoRA.
 
@@ -702,12 +786,19 @@ def train_dpok(
     Checkpoints go to ``checkpoint_dir`` (see :mod:`dpok.rl.checkpoint`); with ``config.resume`` the
     run continues from the latest one there. ``on_round(round, metrics)`` is called after each round
     (and its checkpoint, if any).
+
+    ``ranks`` (:func:`dpok.rl.distributed.start_ranks`): the processes of a multi-process launch, each
+    calling this with its own pipeline on its own device; they share every round's work, end each round
+    in the same state, and only the main rank writes checkpoints, reports progress and calls ``on_round``.
     """
     prompts = _check_inputs(pipeline, prompts, config)
+    ranks = ranks or Ranks()
     checkpoint_dir = Path(checkpoint_dir)
     unet, scheduler = pipeline.unet, pipeline.scheduler
     # Read and check an existing run before touching the pipeline, so a refused resume changes nothing.
-    clean_partial_checkpoints(checkpoint_dir)
+    if ranks.is_main:
+        clean_partial_checkpoints(checkpoint_dir)
+    ranks.barrier()
     previous_run = list_checkpoints(checkpoint_dir)
     saved = None
     if config.resume and previous_run:
@@ -724,24 +815,31 @@ def train_dpok(
         resumed_from = last_checkpoint = previous_run[-1]
         previous_run = []  # continued, not replaced
         logger.info("Resuming DPOK from %s (round %d of %d)", resumed_from, run.round, config.num_rounds)
-    elif previous_run:
+    elif previous_run and ranks.is_main:
         logger.info(
             "finetune.rl.resume is false: %d old checkpoint(s) in %s will be deleted once this run's first "
             "checkpoint is written", len(previous_run), checkpoint_dir,
         )
     weights = step_weights(scheduler, config)
 
-    bar = tqdm(total=config.num_rounds, initial=run.round, disable=not progress, desc="DPOK rounds")
+    bar = tqdm(total=config.num_rounds, initial=run.round, disable=not progress or not ranks.is_main,
+               desc="DPOK rounds")
     try:
         for round_number in range(run.round + 1, config.num_rounds + 1):
-            metrics = _train_round(pipeline, prompts, reward_fn, config, round_number, run, weights)
+            metrics = _train_round(pipeline, prompts, reward_fn, config, round_number, run, weights, ranks)
             run.history.append(metrics)
             if round_number % config.checkpoint_every == 0 or round_number == config.num_rounds:
-                last_checkpoint = save_checkpoint(checkpoint_dir, run.capture(unet, config))
-                if previous_run:  # a fresh run replaces the old one only now that it has a checkpoint
-                    remove_checkpoints(p for p in previous_run if p != last_checkpoint)
-                    previous_run = []
-                prune_checkpoints(checkpoint_dir, config.keep_last_checkpoints)
+                if ranks.is_main:
+                    last_checkpoint = save_checkpoint(checkpoint_dir, run.capture(unet, config))
+                    if previous_run:  # a fresh run replaces the old one only now that it has a checkpoint
+                        remove_checkpoints(p for p in previous_run if p != last_checkpoint)
+                        previous_run = []
+                    prune_checkpoints(checkpoint_dir, config.keep_last_checkpoints)
+                ranks.barrier()  # the others wait: the round's checkpoint exists before anyone goes on
+                if not ranks.is_main:
+                    last_checkpoint = list_checkpoints(checkpoint_dir)[-1]
+            if not ranks.is_main:
+                continue
             if on_round is not None:
                 on_round(round_number, metrics)
             bar.update(1)

@@ -27,6 +27,7 @@ from dpok.provenance import (
 from dpok.rewards import weighted_reward
 from dpok.rl import FinetuneConfig, SFTConfig, train_dpok, train_sft
 from dpok.rl.config import RESUMABLE_CHANGES
+from dpok.rl.distributed import Ranks, check_launch, launched_world_size, start_ranks
 
 logger = logging.getLogger(__name__)
 
@@ -84,6 +85,12 @@ class FinetuneRunConfig:
 def validate_finetune_params(params: dict[str, Any], prompts: pd.DataFrame) -> dict[str, Any]:
     """Check every parameter and the training prompts before any model is loaded."""
     config = FinetuneRunConfig.from_dict(params)
+    check_launch()
+    if config.method == "sft" and launched_world_size() > 1:
+        raise ValueError(
+            f"finetune.method: sft runs in one process, but {launched_world_size()} were launched; run it with "
+            "plain `kedro run` (it takes minutes)"
+        )
     train = prompts[prompts["split"] == config.train_split]
     if train.empty:
         raise ValueError(
@@ -131,12 +138,15 @@ def run_fingerprint(
     return identity_fingerprint(run_identity(run_settings(config, prompts, model), code))
 
 
-def _checkpoint_folder(config: FinetuneRunConfig, prompts: list[str], model: str) -> Path:
-    """``<checkpoint_dir>/run-<fingerprint>``, with the identity written into it; logs why a run that
-    could have resumed starts afresh (the code changed)."""
+def _checkpoint_folder(config: FinetuneRunConfig, prompts: list[str], model: str, ranks: Ranks) -> Path:
+    """``<checkpoint_dir>/run-<fingerprint>``, with the identity written into it (by the main rank); logs
+    why a run that could have resumed starts afresh (the code changed)."""
     identity = run_identity(run_settings(config, prompts, model), source_digests())
     root = Path(config.checkpoint_dir)
     folder = root / f"run-{identity_fingerprint(identity)}"
+    if not ranks.is_main:
+        ranks.barrier()
+        return folder
     if not any(folder.glob("round_*")) and (earlier := changed_code_since(root, identity)) is not None:
         other, files = earlier
         shown = ", ".join(files[:6]) + (f" and {len(files) - 6} more" if len(files) > 6 else "")
@@ -145,6 +155,7 @@ def _checkpoint_folder(config: FinetuneRunConfig, prompts: list[str], model: str
             "of resuming it", other, shown, folder,
         )
     write_identity(folder, identity)
+    ranks.barrier()
     return folder
 
 
@@ -155,11 +166,12 @@ def finetune(pipeline: StableDiffusionPipeline, validated: dict[str, Any]):
     prompts = validated["train_prompts"]
     # A closed-vocabulary tokenizer (the shapes world's) refuses unknown words; CLIP's accepts all.
     check_prompt_words(pipeline.tokenizer, prompts)
-    pipeline.to(resolve_device(config.device))
+    ranks, rank_device = start_ranks(config.device)
+    pipeline.to(rank_device or resolve_device(config.device))
     model = str(pipeline.config.get("_name_or_path", ""))
     if config.method == "sft":
         return _finetune_sft(pipeline, config, prompts, validated)
-    checkpoint_dir = _checkpoint_folder(config, prompts, model)
+    checkpoint_dir = _checkpoint_folder(config, prompts, model, ranks)
     logger.info("Checkpoints: %s", checkpoint_dir)
     result = train_dpok(
         pipeline,
@@ -168,6 +180,7 @@ def finetune(pipeline: StableDiffusionPipeline, validated: dict[str, Any]):
         FinetuneConfig.from_dict(config.rl),
         checkpoint_dir,
         on_round=_log_round_to_mlflow,
+        ranks=ranks,
     )
     if result.skipped_steps:
         logger.warning("%d policy step(s) were skipped for a non-finite loss", result.skipped_steps)
