@@ -1,0 +1,224 @@
+"""Speed benchmark of DPOK on the configured model: ``python -m dpok.bench`` (JSON out).
+
+    python -m dpok.bench [--env local] [--rounds 3] [--repeats 3] [--device auto] [--threads N]
+                         [--set key=value ...] [--out data/08_reporting/bench.json] [--trl]
+
+With the environment's model, training prompts, reward and ``finetune.rl`` settings it measures:
+
+- ``sampler``: the stock ``StableDiffusionPipeline`` call against :func:`dpok.rl.sample_trajectories` on
+  the same prompts, noise, steps, CFG and η (``g_batch`` images; after a warm-up, alternating, median of
+  ``--repeats``); ``ratio`` = ours / stock (ours also keeps every latent and log-probability);
+- ``round``: ``--rounds`` rounds of :func:`dpok.rl.train_dpok` (checkpoints in a temporary folder); the
+  seconds of every phase (sampling, reward, KL report, buffer with V_φ's inputs, value steps, policy
+  steps), median over the rounds after the first, and ``policy_transitions_per_second``
+  (p_step · accum · p_batch / policy seconds);
+- ``peak_memory_mib``: the process's peak resident memory on CPU, peak allocated CUDA memory on a GPU;
+- ``--trl``: TRL 0.22's ``DDPOTrainer`` (the last TRL with DDPO) doing the same work on the same model,
+  prompts, sampler settings and number of transition updates, in its own virtual environment
+  (``scripts/bench_trl.py`` creates ``.bench/trl`` and runs there; TRL is never a project dependency);
+  ``dpok_round_over_trl_epoch`` = our median round / its median epoch. Needs network access once.
+
+``--set`` overrides ``finetune.rl`` keys (YAML values), e.g. DDPO's objective for an engine-to-engine
+comparison: ``--set kl_weight=0 --set use_value_function=false --set kl_report_trajectories=0
+--set "lora_target_modules=[to_q,to_k,to_v,to_out.0]"``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[2]
+PHASES = ("sampling", "reward", "kl_report", "buffer", "value", "policy")
+
+
+def _median_seconds(call, repeats: int) -> float:
+    return statistics.median(_timed(call) for _ in range(repeats))
+
+
+def _timed(call) -> float:
+    tick = time.perf_counter()
+    call()
+    return time.perf_counter() - tick
+
+
+def _synchronised(call, device):
+    import torch
+
+    def run():
+        call()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    return run
+
+
+def setting(env: str, overrides: list[str] = ()) -> dict[str, Any]:
+    """The model folder, training prompts, reward and RL config of ``kedro run --env ENV`` (``overrides``:
+    ``key=value`` of ``finetune.rl``, values in YAML)."""
+    import yaml
+
+    from dpok.config import project_parameters
+    from dpok.pipelines.finetune.nodes import FinetuneRunConfig
+    from dpok.prompts import PromptsConfig, load_prompt_table
+    from dpok.rl import FinetuneConfig
+
+    params = project_parameters(env)
+    for override in overrides:
+        key, _, value = override.partition("=")
+        params["finetune"]["rl"][key.strip()] = yaml.safe_load(value)
+    run = FinetuneRunConfig.from_dict(params["finetune"])
+    table, _ = load_prompt_table(PromptsConfig.from_dict(params["prompts"]), root=ROOT)
+    catalog = yaml.safe_load((ROOT / "conf/base/catalog.yml").read_text())
+    env_catalog = ROOT / "conf" / env / "catalog.yml"
+    if env_catalog.is_file():
+        catalog |= yaml.safe_load(env_catalog.read_text()) or {}
+    return {
+        "model": str(ROOT / catalog["base_model"]["path"]),
+        "prompts": table.loc[table["split"] == run.train_split, "prompt"].tolist(),
+        "run": run,
+        "rl": FinetuneConfig.from_dict(run.rl),
+    }
+
+
+def bench_sampler(pipeline, prompts: list[str], config, repeats: int) -> dict[str, float]:
+    """Stock pipeline call vs our sampler on the same noise (seconds, medians)."""
+    import torch
+
+    from dpok.rl import sample_trajectories
+
+    device = pipeline.unet.device
+    batch = [prompts[i % len(prompts)] for i in range(config.g_batch)]
+
+    def generators():
+        return [torch.Generator().manual_seed(i) for i in range(len(batch))]
+
+    def stock():
+        pipeline(batch, num_inference_steps=config.num_inference_steps, guidance_scale=config.guidance_scale,
+                 eta=config.eta, generator=generators(), output_type="np")
+
+    def ours():
+        sample_trajectories(pipeline, batch, num_inference_steps=config.num_inference_steps,
+                            guidance_scale=config.guidance_scale, eta=config.eta, generator=generators())
+
+    stock, ours = _synchronised(stock, device), _synchronised(ours, device)
+    with torch.no_grad():
+        stock(), ours()  # warm-up
+        stock_times, our_times = [], []
+        for _ in range(repeats):  # alternating, so drift hits both alike
+            stock_times.append(_timed(stock))
+            our_times.append(_timed(ours))
+    stock_s, ours_s = statistics.median(stock_times), statistics.median(our_times)
+    return {"images": len(batch), "stock_seconds": stock_s, "sampler_seconds": ours_s, "ratio": ours_s / stock_s}
+
+
+def bench_round(pipeline, prompts: list[str], reward_fn, config, rounds: int) -> dict[str, Any]:
+    """``rounds`` DPOK rounds; per-phase seconds (median over rounds 2..) and policy throughput."""
+    from dataclasses import replace
+
+    from dpok.rl import train_dpok
+
+    config = replace(config, num_rounds=rounds, checkpoint_every=rounds, resume=False)
+    with tempfile.TemporaryDirectory() as checkpoints:
+        history = train_dpok(pipeline, prompts, reward_fn, config, checkpoints, progress=False).history
+    timed = history[1:] or history
+    phases = {phase: statistics.median(row[f"seconds_{phase}"] for row in timed) for phase in PHASES}
+    total = statistics.median(sum(row[f"seconds_{phase}"] for phase in PHASES) for row in timed)
+    transitions = config.p_step * config.accum * config.p_batch
+    return {
+        "rounds": rounds,
+        "round_seconds": total,
+        "phase_seconds": phases,
+        "policy_transitions_per_round": transitions,
+        "policy_steps_per_round": config.p_step,
+        "policy_transitions_per_second": transitions / phases["policy"],
+        "first_round_seconds": sum(history[0][f"seconds_{phase}"] for phase in PHASES),
+    }
+
+
+def peak_memory_mib(device) -> float:
+    import torch
+
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def bench_trl(setup: dict[str, Any], rounds: int, threads: int) -> dict[str, Any]:
+    """Run scripts/bench_trl.py in its own venv with TRL 0.22 and return its JSON."""
+    config = setup["rl"]
+    with tempfile.TemporaryDirectory() as folder:
+        out = Path(folder) / "trl.json"
+        request = {
+            "model": setup["model"], "prompts": setup["prompts"], "epochs": rounds, "threads": threads,
+            "g_batch": config.g_batch, "steps": config.num_inference_steps, "guidance_scale": config.guidance_scale,
+            "eta": config.eta, "learning_rate": config.learning_rate, "clip_range": config.clip_range,
+            "max_grad_norm": config.max_grad_norm, "lora_rank": config.lora_rank,
+            "transitions": config.p_step * config.accum * config.p_batch,
+            "transitions_per_step": config.accum * config.p_batch, "seed": config.seed, "out": str(out),
+        }
+        (Path(folder) / "request.json").write_text(json.dumps(request))
+        subprocess.run([sys.executable, str(ROOT / "scripts/bench_trl.py"), str(Path(folder) / "request.json")],
+                       check=True, cwd=ROOT)
+        return json.loads(out.read_text())
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(prog="python -m dpok.bench", description=__doc__.split("\n")[0])
+    parser.add_argument("--env", default="local", help="Kedro environment whose model and settings to use")
+    parser.add_argument("--rounds", type=int, default=3, help="DPOK rounds (and TRL epochs) to time")
+    parser.add_argument("--repeats", type=int, default=3, help="timed calls of the stock pipeline and our sampler")
+    parser.add_argument("--device", default=None, help="auto, cpu, cuda[:N] (default: finetune.device)")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="finetune.rl override")
+    parser.add_argument("--out", default="data/08_reporting/bench.json")
+    parser.add_argument("--trl", action="store_true", help="also time TRL 0.22's DDPOTrainer (separate venv)")
+    args = parser.parse_args(argv)
+    if args.rounds < 2 or args.repeats < 1:
+        parser.error("--rounds must be >= 2 (the first round is a warm-up) and --repeats >= 1")
+
+    import torch
+
+    from dpok.devices import resolve_device
+    from dpok.models import load_pipeline
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    setup = setting(args.env, args.set)
+    device = torch.device(resolve_device(args.device or setup["run"].device))
+    pipeline = load_pipeline(setup["model"], device=device)
+    pipeline.set_progress_bar_config(disable=True)
+    result: dict[str, Any] = {
+        "env": args.env, "overrides": args.set, "model": os.path.relpath(setup["model"], ROOT), "device": str(device),
+        "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
+        "g_batch": setup["rl"].g_batch, "steps": setup["rl"].num_inference_steps,
+    }
+    print("timing the stock pipeline and our sampler ...", file=sys.stderr)
+    result["sampler"] = bench_sampler(pipeline, setup["prompts"], setup["rl"], args.repeats)
+    print(f"timing {args.rounds} DPOK rounds ...", file=sys.stderr)
+    result["round"] = bench_round(pipeline, setup["prompts"], setup["run"].reward_fn(), setup["rl"], args.rounds)
+    result["peak_memory_mib"] = peak_memory_mib(device)
+    if args.trl:
+        print(f"timing {args.rounds} epochs of TRL's DDPOTrainer (its own venv) ...", file=sys.stderr)
+        result["trl"] = bench_trl(setup, args.rounds, torch.get_num_threads())
+        result["dpok_round_over_trl_epoch"] = result["round"]["round_seconds"] / result["trl"]["epoch_seconds"]
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    temporary = out.with_name(f".{out.name}.tmp")
+    temporary.write_text(json.dumps(result, indent=2) + "\n")
+    temporary.replace(out)
+    print(json.dumps(result, indent=2))
+    return result
+
+
+if __name__ == "__main__":
+    main()
