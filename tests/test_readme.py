@@ -67,6 +67,7 @@ def test_registry_list_and_viz_build_offline(tmp_path):
     assert "finetune_node" in (project / "build/api/main").read_text()
 
 
+@pytest.mark.slow  # 40 s of server start-up; the store itself is opened by every CI kedro run
 def test_mlflow_ui_serves_the_sqlite_store(tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -42,7 +42,10 @@ def test_a_store_that_opens_passes_and_bad_ones_fail_fast(tmp_path, monkeypatch)
     assert time.monotonic() - start < 30
 
 
-@pytest.mark.parametrize("uri", ["bogus://nowhere", "sqlite:///{tmp}/a_file/mlflow.db"])
+@pytest.mark.parametrize("uri", [
+    "bogus://nowhere",
+    pytest.param("sqlite:///{tmp}/a_file/mlflow.db", marks=pytest.mark.slow),  # in-process in this file too
+])
 def test_kedro_run_stops_before_any_node_with_one_clear_message(uri, tmp_path):
     project = copy_project(tmp_path)
     (tmp_path / "a_file").write_text("not a folder")

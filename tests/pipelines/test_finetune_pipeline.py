@@ -240,6 +240,7 @@ def test_source_digests_follow_every_byte_of_the_run_code(tmp_path):
         source_digests(("nothing",), root=tmp_path)
 
 
+@pytest.mark.slow  # in-process: test_method_sft_writes_the_same_outputs_from_the_base_models_samples
 @pytest.mark.skipif(not SHIPPED.exists(), reason="the shipped base model is not in this checkout")
 def test_kedro_run_with_method_sft_from_the_command_line(tmp_path):
     """Through the CLI, so the project's hooks (the end-of-run summary) see an SFT history too."""

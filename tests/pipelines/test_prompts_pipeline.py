@@ -6,6 +6,7 @@ import shutil
 import subprocess
 
 import pandas as pd
+import pytest
 from kedro.io import DataCatalog, MemoryDataset
 from kedro.runner import SequentialRunner
 
@@ -49,6 +50,7 @@ def test_kedro_session_runs_prompts_pipeline(project_root, tmp_path, monkeypatch
     assert (target / "mlflow.db").exists(), "kedro-mlflow should track to the local sqlite store"
 
 
+@pytest.mark.slow  # the same error in-process: tests/test_bad_inputs.py
 def test_cli_bad_prompt_file_fails_with_clear_error(project_root, tmp_path):
     target = _copy_project(project_root, tmp_path)
     kedro = str(project_root / ".venv/bin/kedro") if (project_root / ".venv/bin/kedro").exists() else "kedro"

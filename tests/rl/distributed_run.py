@@ -43,7 +43,7 @@ def config(rounds: int) -> FinetuneConfig:
     )
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("model")
     parser.add_argument("out")
@@ -51,8 +51,8 @@ def main() -> None:
     parser.add_argument("--fail-rank", type=int, default=-1, help="this rank's reward model raises ...")
     parser.add_argument("--fail-after", type=int, default=3, help="... after this many calls")
     parser.add_argument("--no-grad-sync", action="store_true", help="break the all-reduce (the test's control)")
-    args = parser.parse_args()
-    torch.set_num_threads(1)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)  # each process of a launch has one thread; the one-process reference too
     ranks, device = start_ranks("cpu")
     if args.no_grad_sync:
         Ranks.sum_gradients = lambda self, parameters: None
