@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import os
 import shutil
+import socket
 import sys
 from pathlib import Path
 
@@ -107,3 +108,12 @@ def sharp_image(height: int, width: int, seed: int) -> np.ndarray:
             rng.integers(0, 256, 3)
         )
     return image
+
+
+def accelerate_launch(processes: int) -> list[str]:
+    """`accelerate launch` of ``processes`` CPU processes (torchrun, gloo) on a free port, up to the script."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return [str(BIN / "accelerate"), "launch", "--multi_gpu", "--num_processes", str(processes), "--num_machines", "1",
+            "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(port)]

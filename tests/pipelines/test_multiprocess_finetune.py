@@ -3,31 +3,22 @@ finetune`, on CPU from a copy of the project: it trains, and only rank 0 writes 
 
 from __future__ import annotations
 
-import socket
 import sqlite3
 import subprocess
 
 import pandas as pd
 import pytest
 
-from helpers import BIN, OFFLINE_ENV, copy_project
+from helpers import OFFLINE_ENV, accelerate_launch, copy_project
 
 SMALL = ("finetune.rl.num_rounds=2,finetune.rl.g_batch=8,finetune.rl.num_inference_steps=10,"
          "finetune.rl.kl_report_trajectories=2")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_two_processes_run_the_finetune_pipeline_and_rank_0_alone_writes(tmp_path):
     project = copy_project(tmp_path, data=("data/01_raw", "data/06_models/shapes_base"))
-    command = [str(BIN / "accelerate"), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-               "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port()),
-               "-m", "kedro", "run", "--pipelines", "finetune", "--params", SMALL]
+    command = [*accelerate_launch(2), "-m", "kedro", "run", "--pipelines", "finetune", "--params", SMALL]
     done = subprocess.run(command, cwd=project, env={**OFFLINE_ENV, "OMP_NUM_THREADS": "1"}, capture_output=True,
                           text=True, timeout=900)
     output = done.stdout + done.stderr

@@ -6,7 +6,6 @@ from __future__ import annotations
 import copy
 import json
 import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -17,7 +16,7 @@ import torch
 from safetensors.torch import load_file
 
 from dpok.rl.distributed import Ranks, check_launch, start_ranks
-from helpers import BIN, OFFLINE_ENV
+from helpers import OFFLINE_ENV, accelerate_launch
 
 DRIVER = Path(__file__).with_name("distributed_run.py")
 THREAD_ENV = {**OFFLINE_ENV, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
@@ -92,20 +91,12 @@ def tiny_model(tmp_path_factory, _base_pipeline):
     return folder
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def run_driver(model: Path, out: Path, processes: int, *args: str, timeout: float = 240):
     """The driver in one plain process, or in ``processes`` under `accelerate launch --multi_gpu` (CPU)."""
     out.mkdir(parents=True, exist_ok=True)
     command = [sys.executable, str(DRIVER)]
     if processes > 1:
-        command = [str(BIN / "accelerate"), "launch", "--multi_gpu", "--num_processes", str(processes),
-                   "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-                   "--main_process_port", str(_free_port()), str(DRIVER)]
+        command = [*accelerate_launch(processes), str(DRIVER)]
     return subprocess.run([*command, str(model), str(out), *args], env=THREAD_ENV, capture_output=True,
                           text=True, timeout=timeout)
 
