@@ -41,10 +41,6 @@ ROOT = Path(__file__).resolve().parents[2]
 PHASES = ("sampling", "reward", "kl_report", "buffer", "value", "policy")
 
 
-def _median_seconds(call, repeats: int) -> float:
-    return statistics.median(_timed(call) for _ in range(repeats))
-
-
 def _timed(call) -> float:
     tick = time.perf_counter()
     call()
@@ -67,23 +63,19 @@ def setting(env: str, overrides: list[str] = ()) -> dict[str, Any]:
     ``key=value`` of ``finetune.rl``, values in YAML)."""
     import yaml
 
-    from dpok.config import project_parameters
+    from dpok.config import project_config
     from dpok.pipelines.finetune.nodes import FinetuneRunConfig
     from dpok.prompts import PromptsConfig, load_prompt_table
     from dpok.rl import FinetuneConfig
 
-    params = project_parameters(env)
+    params = project_config("parameters", env)
     for override in overrides:
         key, _, value = override.partition("=")
         params["finetune"]["rl"][key.strip()] = yaml.safe_load(value)
     run = FinetuneRunConfig.from_dict(params["finetune"])
     table, _ = load_prompt_table(PromptsConfig.from_dict(params["prompts"]), root=ROOT)
-    catalog = yaml.safe_load((ROOT / "conf/base/catalog.yml").read_text())
-    env_catalog = ROOT / "conf" / env / "catalog.yml"
-    if env_catalog.is_file():
-        catalog |= yaml.safe_load(env_catalog.read_text()) or {}
     return {
-        "model": str(ROOT / catalog["base_model"]["path"]),
+        "model": str(ROOT / project_config("catalog", env)["base_model"]["path"]),
         "prompts": table.loc[table["split"] == run.train_split, "prompt"].tolist(),
         "run": run,
         "rl": FinetuneConfig.from_dict(run.rl),
@@ -162,7 +154,7 @@ def bench_trl(setup: dict[str, Any], rounds: int, threads: int) -> dict[str, Any
             "model": setup["model"], "prompts": setup["prompts"], "epochs": rounds, "threads": threads,
             "g_batch": config.g_batch, "steps": config.num_inference_steps, "guidance_scale": config.guidance_scale,
             "eta": config.eta, "learning_rate": config.learning_rate, "clip_range": config.clip_range,
-            "max_grad_norm": config.max_grad_norm, "lora_rank": config.lora_rank,
+            "max_grad_norm": config.max_grad_norm,
             "transitions": config.p_step * config.accum * config.p_batch,
             "transitions_per_step": config.accum * config.p_batch, "seed": config.seed, "out": str(out),
         }

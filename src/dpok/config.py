@@ -28,13 +28,19 @@ def from_mapping(cls: type[T], params: Mapping[str, Any] | None, block: str) -> 
     return cls(**check_keys(params, {f.name for f in fields(cls)}, block))
 
 
-def project_parameters(env: str = "local", project_root: str | Path | None = None) -> dict[str, Any]:
-    """The parameters ``kedro run --env ENV`` sees: conf/base with the environment merged in (soft merge,
-    globals resolved), for scripts and notebooks that want a run's settings without a Kedro session."""
+def project_config(name: str, env: str = "local", project_root: str | Path | None = None) -> dict[str, Any]:
+    """The configuration ``name`` (``parameters``, ``catalog``, ...) that ``kedro run --env ENV`` sees:
+    conf/base with the environment merged in, globals resolved; for scripts and notebooks that want a
+    run's settings without a Kedro session."""
     from kedro.config import OmegaConfigLoader
 
     from dpok.settings import CONFIG_LOADER_ARGS
 
     root = Path(project_root) if project_root is not None else Path(__file__).resolve().parents[2]
     loader = OmegaConfigLoader(conf_source=str(root / "conf"), env=env, **CONFIG_LOADER_ARGS)
-    return loader["parameters"]
+    return loader[name]
+
+
+def project_parameters(env: str = "local", project_root: str | Path | None = None) -> dict[str, Any]:
+    """The parameters ``kedro run --env ENV`` sees (soft merge of the environment into conf/base)."""
+    return project_config("parameters", env, project_root)

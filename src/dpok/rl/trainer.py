@@ -212,14 +212,10 @@ def _score(reward_fn: RewardFn, images: np.ndarray, prompts: list[str], round_nu
 def _score_shared(
     reward_fn: RewardFn, images: np.ndarray, prompts: list[str], round_number: int, ranks: Ranks
 ) -> np.ndarray:
-    """:func:`_score` with each rank scoring its share of the images; every rank gets all rewards."""
-    if not ranks.distributed:
-        return _score(reward_fn, images, prompts, round_number)
-    share = ranks.shard(len(prompts))
-    local = np.empty(0)
-    if len(share):
-        local = _score(reward_fn, images[share.start : share.stop], prompts[share.start : share.stop], round_number)
-    return np.concatenate(ranks.gather([local]))
+    """:func:`_score` with each rank scoring its chunk of the images; every rank gets all rewards."""
+    local = [_score(reward_fn, images[chunk.start : chunk.stop], prompts[chunk.start : chunk.stop], round_number)
+             for chunk in ranks.chunks(len(prompts))]
+    return np.concatenate(ranks.gather(local))
 
 
 @dataclass
