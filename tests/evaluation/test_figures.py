@@ -45,3 +45,15 @@ def test_training_reward_curves_draw_a_line_per_category_and_refuse_bad_tables()
         training_reward_curves(table.drop(columns="reward"), trajectories_per_round=8)
     with pytest.raises(ValueError, match="empty"):
         training_reward_curves(table.iloc[:0], trajectories_per_round=8)
+
+
+def test_learning_curves_add_a_value_panel_per_step_only_when_there_is_a_table():
+    import pandas as pd
+
+    from dpok.evaluation.history import learning_curves
+
+    history = pd.DataFrame({"round": [1, 2, 3], "reward_mean": [0.1, 0.2, 0.3], "kl_bound_nats": [0.0, 1.0, 2.0]})
+    by_step = pd.DataFrame({"step": [0, 1, 2], "value_variance_ratio": [1.0, 0.9, 0.3]})
+    plain = learning_curves(history, value_by_step=by_step.iloc[:0])
+    with_value = learning_curves(history, value_by_step=by_step)
+    assert with_value.size[0] > plain.size[0] and with_value.size[1] == plain.size[1]  # one more panel

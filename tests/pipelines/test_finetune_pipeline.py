@@ -111,6 +111,7 @@ def _run_finetune_pipeline(params: dict, tmp_path: Path) -> DataCatalog:
     catalog["finetune_history"] = CSVDataset(filepath=str(tmp_path / "history.csv"))
     catalog["finetune_curves"] = ImageDataset(filepath=str(tmp_path / "curves.png"))
     catalog["finetune_rewards"] = CSVDataset(filepath=str(tmp_path / "rewards.csv"))
+    catalog["finetune_value_by_step"] = CSVDataset(filepath=str(tmp_path / "value_by_step.csv"))
     catalog["finetune_reward_curves"] = ImageDataset(filepath=str(tmp_path / "reward_curves.png"))
     SequentialRunner().run(create_pipeline(), catalog)
     return catalog
@@ -146,6 +147,10 @@ def test_two_rounds_on_the_shipped_model_write_a_lora_stock_diffusers_loads(tmp_
     assert set(rewards["prompt"]) <= set(train["prompt"])
     assert (rewards["category"] == rewards["prompt"].map(dict(zip(train["prompt"], train["category"])))).all()
     assert catalog.load("finetune_reward_curves").size[0] > 100
+    by_step = catalog.load("finetune_value_by_step")  # the final buffer's steps, each a finite ratio
+    first, stop = rl.train_steps()
+    assert set(by_step["step"]) <= set(range(first, stop)) and len(by_step) > 0
+    assert np.isfinite(by_step["value_variance_ratio"]).all() and (by_step["value_variance_ratio"] >= 0).all()
     assert len(list((tmp_path / "checkpoints").iterdir())) >= 1
     _assert_the_lora_changes_stock_diffusers_samples(catalog.load("lora"))
     shutil.rmtree(tmp_path / "checkpoints")
@@ -165,6 +170,7 @@ def test_method_sft_writes_the_same_outputs_from_the_base_models_samples(tmp_pat
     rewards = catalog.load("finetune_rewards")  # the base model's scored samples SFT learned from
     assert len(rewards) == 2 * params["rl"]["g_batch"]
     assert not (tmp_path / "checkpoints").exists()
+    assert catalog.load("finetune_value_by_step").empty  # no value function in SFT
     _assert_the_lora_changes_stock_diffusers_samples(catalog.load("lora"))
 
 
@@ -201,7 +207,7 @@ def test_a_code_change_trains_afresh_instead_of_resuming_and_says_why(tmp_path, 
 
     def run() -> pd.DataFrame:
         pipeline = load_pipeline(str(SHIPPED))
-        _, history, _ = nodes.finetune(pipeline, validated)
+        _, history, *_ = nodes.finetune(pipeline, validated)
         return history
 
     first = run()

@@ -28,7 +28,7 @@ def test_two_processes_run_the_finetune_pipeline_and_rank_0_alone_writes(tmp_pat
     assert (project / "data/06_models/lora/pytorch_lora_weights.safetensors").is_file()
     # Both ranks run every node; rank 0 alone logs, writes, tracks and prints the summary.
     assert output.count("DPOK: ") == 1 and output.count("DPOK finished 2 round(s)") == 1
-    assert output.count("Running node") == 5 and output.count("Saving data to") == 8  # each output once
+    assert output.count("Running node") == 5 and output.count("Saving data to") == 9  # each output once
     with sqlite3.connect(project / "mlflow.db") as db:
         assert db.execute("select count(*) from runs").fetchone()[0] == 1
     checkpoints = sorted(p.name for p in (project / "data/06_models/checkpoints").glob("run-*/*"))

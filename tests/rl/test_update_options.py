@@ -9,8 +9,14 @@ from dpok.models import build_ddim_scheduler
 from dpok.rl import FinetuneConfig, TransitionBuffer, guided_noise_prediction, load_checkpoint, train_dpok
 from dpok.rl.losses import group_statistics, policy_loss
 from dpok.rl.sampling import policy_gradient_scale, predicted_original_sample
-from dpok.rl.trainer import _draw_prompts, _sample_round, step_weights, value_variance_ratio
-from dpok.rl.value import ValueFunction
+from dpok.rl.trainer import (
+    _draw_prompts,
+    _sample_round,
+    step_weights,
+    value_variance_ratio,
+    variance_ratio_by_step,
+)
+from dpok.rl.value import ValueFunction, prompt_text_feature
 
 
 def _closed_form_scale(scheduler, eta: float = 1.0) -> np.ndarray:
@@ -176,6 +182,7 @@ def test_value_variance_ratio_by_hand():
     steps = torch.tensor([0, 0, 1, 1, 2, 2])
     # step 0: residual ±0.5 → var 0.25 / var 1 ; step 1: 0 / 1 ; step 2: targets constant → left out
     assert value_variance_ratio(targets, baselines, steps) == pytest.approx((0.25 + 0.0) / 2)
+    assert variance_ratio_by_step(targets, baselines, steps) == pytest.approx({0: 0.25, 1: 0.0})
 
 
 def test_score_gain_is_the_per_step_ridge_fit_and_starts_the_value_at_the_score_term():
@@ -190,3 +197,61 @@ def test_score_gain_is_the_per_step_ridge_fit_and_starts_the_value_at_the_score_
     with torch.no_grad():  # the MLP's head starts at zero: V is exactly the score term
         values = value_fn(latents, steps, text, features)
     torch.testing.assert_close(values, torch.tensor(expected)[steps] * features[:, 1])
+
+
+def test_shrinkage_is_the_decayed_least_squares_gain_clipped_to_zero_one():
+    value_fn = ValueFunction((4, 2, 2), text_dim=8, num_steps=4, extra_dim=2, has_score=True)
+    assert value_fn.shrinkage().tolist() == [0.0] * 4  # nothing recorded: no baseline yet
+    steps = torch.tensor([0, 0, 1, 1, 2, 2])
+    first = torch.tensor([1.0, -1.0, 2.0, 1.0, 1.0, 1.0]), torch.tensor([0.5, -0.5, 1.0, 1.0, -1.0, -2.0])
+    second = torch.tensor([2.0, 0.0, 1.0, 1.0, 1.0, 1.0]), torch.tensor([1.0, 0.0, 3.0, 3.0, 1.0, 1.0])
+    value_fn.record_out_of_sample(steps, *first, decay=0.5)
+    value_fn.record_out_of_sample(steps, *second, decay=0.5)
+    # λ_t = (0.5 Σ₁ V·r + Σ₂ V·r) / (0.5 Σ₁ V² + Σ₂ V²)
+    step0 = (0.5 * (0.5 + 0.5) + 2.0) / (0.5 * 2.0 + 4.0)       # 0.5
+    step1 = min(1.0, (0.5 * (2.0 + 1.0) + 6.0) / (0.5 * 5.0 + 2.0))  # 7.5 / 4.5, clipped to 1
+    step2 = max(0.0, (0.5 * (-1.0 - 2.0) + 2.0) / (0.5 * 2.0 + 2.0))  # 0.5 / 3
+    torch.testing.assert_close(value_fn.shrinkage(), torch.tensor([step0, step1, step2, 0.0]))
+    value_fn.record_out_of_sample(torch.tensor([2, 2]), torch.tensor([1.0, 1.0]), torch.tensor([-5.0, -5.0]), 1.0)
+    assert value_fn.shrinkage()[2] == 0.0  # a V that points the wrong way is switched off, not reversed
+    latents, text, features = torch.zeros(2, 4, 2, 2), torch.zeros(2, 8), torch.tensor([[0.0, 2.0], [0.0, 2.0]])
+    value_fn.fit_score_gain(torch.tensor([0, 1]), features, torch.tensor([2.0, 2.0]), ridge=0.0)
+    with torch.no_grad():
+        raw = value_fn(latents, torch.tensor([0, 1]), text, features)
+        shrunk = value_fn(latents, torch.tensor([0, 1]), text, features, shrink=True)
+    torch.testing.assert_close(shrunk, raw * torch.tensor([step0, 1.0]))
+
+
+def test_value_shrinkage_baselines_are_the_gain_times_the_out_of_sample_prediction(
+    make_pipeline, prompts, small_config, tmp_path
+):
+    """In the buffer, each round's baselines equal λ_t (from the earlier rounds) times V_φ's prediction;
+    the first round's are zero; the ratio reported is that of the shrunk baselines."""
+    def reward(images, batch_prompts):
+        return images.astype(np.float64).mean(axis=(1, 2, 3)) / 255.0
+
+    config = small_config(num_rounds=3, g_batch=4, num_inference_steps=3, value_features="tweedie_reward",
+                          value_shrinkage=True, buffer_size=100, checkpoint_every=1, keep_last_checkpoints=3,
+                          trajectories_per_prompt=2, share_initial_noise=True, reward_normalisation="group")
+    pipeline = make_pipeline()
+    train_dpok(pipeline, prompts, reward, config, tmp_path, progress=False)
+    first = TransitionBuffer(config.buffer_size)
+    first.load_state_dict(load_checkpoint(tmp_path / "round_000001").buffer)
+    assert first.get(torch.arange(len(first))).baselines.abs().max() == 0
+    before, after = (load_checkpoint(tmp_path / f"round_00000{r}") for r in (2, 3))
+    earlier, buffer = TransitionBuffer(config.buffer_size), TransitionBuffer(config.buffer_size)
+    earlier.load_state_dict(before.buffer)
+    buffer.load_state_dict(after.buffer)
+    assert len(buffer) > len(earlier)
+    fresh = buffer.get(torch.arange(len(earlier), len(buffer)))  # round 3's transitions
+    unet = pipeline.unet.config
+    latent_shape = (unet.in_channels, unet.sample_size, unet.sample_size)
+    value_fn = ValueFunction(latent_shape, unet.cross_attention_dim, num_steps=3,
+                             extra_dim=int(np.prod(latent_shape)) + 1, has_score=True)
+    value_fn.load_state_dict(before.value_function)  # V_φ and its statistics as round 3 found them
+    with torch.no_grad():
+        prediction = value_fn(fresh.latents, fresh.step_indices, prompt_text_feature(fresh.prompt_embeds),
+                              fresh.value_features)
+    gains = value_fn.shrinkage()
+    assert gains.abs().sum() > 0 and (gains < 1).any()  # a gain that is neither 0 nor 1 somewhere
+    torch.testing.assert_close(fresh.baselines, prediction * gains[fresh.step_indices], rtol=1e-5, atol=1e-6)

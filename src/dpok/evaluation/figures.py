@@ -60,8 +60,11 @@ def figure_to_image(figure) -> Image.Image:
     return Image.open(buffer).convert("RGB")
 
 
-def curves_figure(series: dict[str, tuple[Sequence[float], Sequence[float]]], title: str, xlabel: str) -> Image.Image:
-    """One panel per named (x, y) series."""
+def curves_figure(
+    series: dict[str, tuple[Sequence[float], Sequence[float]]], title: str, xlabel: str,
+    xlabels: dict[str, str] | None = None,
+) -> Image.Image:
+    """One panel per named (x, y) series; ``xlabels`` overrides ``xlabel`` for the panels it names."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -71,7 +74,7 @@ def curves_figure(series: dict[str, tuple[Sequence[float], Sequence[float]]], ti
     for ax, (name, (x, y)) in zip(axes[0], series.items()):
         ax.plot(x, y, lw=1.4)
         ax.set_title(name)
-        ax.set_xlabel(xlabel)
+        ax.set_xlabel((xlabels or {}).get(name, xlabel))
         ax.grid(alpha=0.3)
     fig.suptitle(title)
     fig.tight_layout()

@@ -19,8 +19,16 @@ CURVE_COLUMNS = {
 }
 
 
-def learning_curves(history: pd.DataFrame, title: str = "DPOK fine-tuning", xlabel: str = "round") -> Image.Image:
-    """Reward, KL bound and losses per round, one panel each (columns absent or all-NaN are skipped)."""
+VALUE_PANEL = "Var(r − V)/Var(r), final buffer"
+
+
+def learning_curves(
+    history: pd.DataFrame, title: str = "DPOK fine-tuning", xlabel: str = "round",
+    value_by_step: pd.DataFrame | None = None,
+) -> Image.Image:
+    """Reward, KL bound and losses per round, one panel each (columns absent or all-NaN are skipped); with a
+    non-empty ``value_by_step`` (columns ``step``, ``value_variance_ratio``), a last panel of the value
+    baseline's variance ratio per denoising step."""
     if "round" not in history.columns:
         raise ValueError(f"the finetune history has no 'round' column (columns: {list(history.columns)})")
     rounds = history["round"].tolist()
@@ -31,7 +39,9 @@ def learning_curves(history: pd.DataFrame, title: str = "DPOK fine-tuning", xlab
     }
     if not series:
         raise ValueError(f"the finetune history has none of the curve columns {list(CURVE_COLUMNS)}")
-    return curves_figure(series, title=title, xlabel=xlabel)
+    if value_by_step is not None and len(value_by_step):
+        series[VALUE_PANEL] = (value_by_step["step"].tolist(), value_by_step["value_variance_ratio"].tolist())
+    return curves_figure(series, title=title, xlabel=xlabel, xlabels={VALUE_PANEL: "denoising step (0 = noisiest)"})
 
 
 def training_reward_curves(

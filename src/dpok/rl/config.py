@@ -96,6 +96,9 @@ class FinetuneConfig:
             ``"tweedie"`` (x_t and Tweedie's x̂_0), ``"tweedie_reward"`` (those and the reward of the image
             decoded from x̂_0, standardised like the final reward; one extra decode and reward call per
             trained transition).
+        value_shrinkage: Use λ_t·V_φ as the baseline, λ_t ∈ [0, 1] the least-squares multiple of V_φ's
+            out-of-sample predictions at step t over recent rounds (``dpok.rl.value``): V_φ adds no variance
+            at steps where it does not predict the reward.
         value_learning_rate: AdamW learning rate of the value function.
         value_batch_size: Transitions per value step.
         value_steps: Value steps per round (before the policy steps).
@@ -156,6 +159,7 @@ class FinetuneConfig:
     value_batch_size: int = 128
     value_steps: int = 5
     value_features: str = "tweedie_reward"
+    value_shrinkage: bool = False
     reward_normalisation: str = "group"
     per_prompt_window: int = 32
     per_prompt_min_count: int = 4
@@ -226,7 +230,8 @@ class FinetuneConfig:
             fail("train_step_window", "[start, stop] with 0 <= start < stop <= 1")
         object.__setattr__(self, "train_step_window", (float(window[0]), float(window[1])))
         number("value_learning_rate", gt=0)
-        for name in ("use_value_function", "share_initial_noise", "resume", "gradient_checkpointing"):
+        for name in ("use_value_function", "value_shrinkage", "share_initial_noise", "resume",
+                     "gradient_checkpointing"):
             boolean(name)
         if self.mixed_precision is False:
             # YAML 1.1 reads an unquoted `no` as false, and tools that rewrite parameter files (`dvc exp

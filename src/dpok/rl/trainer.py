@@ -26,7 +26,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -98,8 +98,8 @@ elements) averaged over this round's first ``kl_report_trajectories`` fresh traj
 ``kl_penalty``: the optimised KL term (``kl_form``, before β) averaged over micro-batches;
 ``policy_loss``: the clipped surrogate without the KL term; ``grad_norm``: LoRA gradient norm before
 clipping; ``skipped_steps``: policy steps dropped for a non-finite loss or gradient;
-``value_variance_ratio``: Var(r − V)/Var(r) of this round's fresh transitions before V_φ is fitted on them,
-per step and averaged over steps (below 1: the baseline removes variance; NaN without a value function);
+``value_variance_ratio``: Var(r − V)/Var(r) of this round's fresh transitions before V_φ is fitted on them
+(V the baseline the policy uses: λ_t·V_φ with ``value_shrinkage``), per step and averaged over steps (below 1: the baseline removes variance; NaN without a value function);
 ``baseline_variance_ratio``: the same for the whole baseline on the raw reward, Var(r − (m + s·V))/Var(r),
 where m and s standardise the reward (``reward_normalisation``): what the group or prompt mean and V_φ
 remove together;
@@ -107,6 +107,10 @@ remove together;
 
 # Random streams of a round (see module docstring).
 _PROMPTS, _SAMPLING, _VALUE, _POLICY, _LORA_INIT, _VALUE_INIT, _INITIAL_NOISE = range(7)
+
+# Weight of a round's out-of-sample value predictions in λ_t a round later (``value_shrinkage``): the
+# last five rounds (≈ 80 trajectories a step with the defaults) carry two thirds of it.
+SHRINKAGE_DECAY = 0.8
 
 _AUTOCAST_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -131,6 +135,9 @@ class TrainingResult:
         last_checkpoint: The checkpoint of the final round.
         resumed_from: The checkpoint the run continued from, or None for a fresh run.
         reward_log: ``[round, prompt, reward]`` of every trajectory sampled, resumed rounds included.
+        value_variance_by_step: ``{step index: Var(r − V)/Var(r)}`` (0 = the noisiest step) over the final
+            buffer's transitions (the last rounds'), V the baseline each got when it entered the buffer,
+            before V_φ was fitted on it; empty without a value function.
     """
 
     history: list[dict[str, float]]
@@ -140,6 +147,7 @@ class TrainingResult:
     last_checkpoint: Path | None
     resumed_from: Path | None
     reward_log: list[list[Any]]
+    value_variance_by_step: dict[int, float] = field(default_factory=dict)
 
     @property
     def skipped_steps(self) -> int:
@@ -421,7 +429,7 @@ def _value_features(
     return torch.cat(features, dim=1)
 
 
-def _baselines(
+def _predictions(
     value_fn: ValueFunction, trajectory: Trajectory, first_step: int, features: torch.Tensor | None,
     device: torch.device,
 ) -> torch.Tensor:
@@ -434,16 +442,24 @@ def _baselines(
         return value_fn(latents, step_indices, text, None if features is None else features.to(device)).cpu()
 
 
-def value_variance_ratio(targets: torch.Tensor, baselines: torch.Tensor, step_indices: torch.Tensor) -> float:
-    """Var(r − V)/Var(r) per step, averaged over the steps where the targets vary (NaN if none does)."""
-    ratios = []
-    for step in torch.unique(step_indices):
+def variance_ratio_by_step(
+    targets: torch.Tensor, baselines: torch.Tensor, step_indices: torch.Tensor
+) -> dict[int, float]:
+    """Var(r − V)/Var(r) at each step where the targets vary: {step index: ratio}."""
+    ratios = {}
+    for step in torch.unique(step_indices).tolist():
         at_step = step_indices == step
         target_variance = targets[at_step].double().var(unbiased=False)
         if at_step.sum() > 1 and target_variance > 1e-12:
             residual = (targets[at_step] - baselines[at_step]).double().var(unbiased=False)
-            ratios.append(float(residual / target_variance))
-    return float(np.mean(ratios)) if ratios else float("nan")
+            ratios[int(step)] = float(residual / target_variance)
+    return ratios
+
+
+def value_variance_ratio(targets: torch.Tensor, baselines: torch.Tensor, step_indices: torch.Tensor) -> float:
+    """Var(r − V)/Var(r) per step, averaged over the steps where the targets vary (NaN if none does)."""
+    ratios = variance_ratio_by_step(targets, baselines, step_indices)
+    return float(np.mean(list(ratios.values()))) if ratios else float("nan")
 
 
 def _push_transitions(
@@ -473,10 +489,17 @@ def _push_transitions(
         features = _value_features(
             pipeline, reward_fn, trained, means[kept], scales[kept], config, chunk, round_number, ranks
         )
+    targets = torch.as_tensor(training_rewards, dtype=torch.float32).repeat_interleave(steps)
+    if run.value_fn is not None:
         # Baselines come from V_φ before it is fitted on these transitions: fitted on them, an MLP memorises
         # the few trajectories' rewards and r − V collapses to noise (no learning in a shapes-world test).
-        baselines = _baselines(run.value_fn, trained, first_step, features, pipeline.unet.device)
-    targets = torch.as_tensor(training_rewards, dtype=torch.float32).repeat_interleave(steps)
+        predictions = _predictions(run.value_fn, trained, first_step, features, pipeline.unet.device)
+        baselines = predictions
+        if config.value_shrinkage:
+            absolute_steps = first_step + step_indices
+            # λ_t from earlier rounds' predictions; then these (out-of-sample) predictions join them
+            baselines = predictions * run.value_fn.shrinkage().cpu()[absolute_steps]
+            run.value_fn.record_out_of_sample(absolute_steps, predictions, targets, SHRINKAGE_DECAY)
     raw = torch.as_tensor(rewards[kept], dtype=torch.float64).repeat_interleave(steps)
     total_baseline = (torch.as_tensor(means[kept]).repeat_interleave(steps)
                       + torch.as_tensor(scales[kept]).repeat_interleave(steps) * baselines.double())
@@ -857,7 +880,19 @@ def train_dpok(
         last_checkpoint=last_checkpoint,
         resumed_from=resumed_from,
         reward_log=run.reward_log,
+        value_variance_by_step=_final_value_variance(run),
     )
 
 
-__all__ = ["METRIC_NAMES", "RunState", "attach_trainable_lora", "TrainingResult", "step_weights", "train_dpok", "value_variance_ratio"]
+def _final_value_variance(run: RunState) -> dict[int, float]:
+    """Var(r − V)/Var(r) per step over the buffer's transitions (their out-of-sample baselines)."""
+    if run.value_fn is None or not len(run.buffer):
+        return {}
+    everything = run.buffer.get(torch.arange(len(run.buffer)))
+    return variance_ratio_by_step(everything.rewards, everything.baselines, everything.step_indices)
+
+
+__all__ = [
+    "METRIC_NAMES", "RunState", "attach_trainable_lora", "TrainingResult", "step_weights", "train_dpok",
+    "value_variance_ratio", "variance_ratio_by_step",
+]

@@ -16,6 +16,11 @@ last extra feature when ``has_score``). The score also reaches the output throug
 V = MLP(...) + a_t · score, which :meth:`ValueFunction.fit_score_gain` sets by least squares on the buffer
 before the MLP's steps (then fitting the rest): in the last steps the score is nearly the final reward,
 and a gain learned by AdamW at the value learning rate would take about a thousand steps to get there.
+With ``shrink=True`` the baseline is λ_t·V, λ_t ∈ [0, 1] the per-step least-squares multiple of V's
+*out-of-sample* predictions (made on fresh transitions before V was fitted on them, recent rounds weighted
+most; :meth:`ValueFunction.record_out_of_sample`). Where V does not predict the reward (the early steps
+of a group that shares x_T: nothing drawn yet tells its trajectories apart) λ_t goes to 0 and V stops
+adding its noise to the advantage; where it does (the last steps) λ_t stays near 1.
 Any function of ``x_t`` is a valid baseline (it does not depend on the action taken from ``x_t``), so the
 policy gradient stays unbiased; a better prediction of the final reward lowers its variance.
 """
@@ -69,6 +74,9 @@ class ValueFunction(nn.Module):
             raise ValueError("has_score needs the score as the last of at least one extra feature")
         # a_t of V = MLP + a_t · score: fitted in closed form (fit_score_gain), not by the optimiser
         self.register_buffer("score_gain", torch.zeros(self.num_steps))
+        # Σ V·r and Σ V² of out-of-sample predictions per step, older rounds decayed: λ_t of shrinkage()
+        self.register_buffer("shrinkage_products", torch.zeros(self.num_steps, dtype=torch.float64))
+        self.register_buffer("shrinkage_squares", torch.zeros(self.num_steps, dtype=torch.float64))
 
     @torch.no_grad()
     def fit_score_gain(
@@ -87,13 +95,34 @@ class ValueFunction(nn.Module):
         fitted = numerator / (denominator + ridge * counts).clamp(min=1e-12)
         self.score_gain.copy_(torch.where(counts > 0, fitted, self.score_gain.double()).float())
 
+    @torch.no_grad()
+    def record_out_of_sample(
+        self, step_indices: torch.Tensor, predictions: torch.Tensor, targets: torch.Tensor, decay: float
+    ) -> None:
+        """Add one round's predictions, made before V_φ was fitted on these transitions, to the per-step
+        sums behind :meth:`shrinkage`, after multiplying the earlier rounds' sums by ``decay``."""
+        device = self.shrinkage_products.device
+        steps = step_indices.long().to(device)
+        predictions, targets = predictions.to(device).double(), targets.to(device).double()
+        self.shrinkage_products.mul_(decay).index_add_(0, steps, predictions * targets)
+        self.shrinkage_squares.mul_(decay).index_add_(0, steps, predictions**2)
+
+    def shrinkage(self) -> torch.Tensor:
+        """λ_t = Σ V·r / Σ V² per step over the recorded predictions, clipped to [0, 1] (the multiple of V
+        that best predicts the reward, least squares through the origin); 0 before any prediction."""
+        squares = self.shrinkage_squares
+        gain = torch.where(squares > 0, self.shrinkage_products / squares.clamp(min=1e-300), torch.zeros_like(squares))
+        return gain.clamp(0.0, 1.0).float()
+
     def forward(
         self,
         latents: torch.Tensor,
         step_indices: torch.Tensor,
         text_features: torch.Tensor,
         extra_features: torch.Tensor | None = None,
+        shrink: bool = False,
     ) -> torch.Tensor:
+        """V_φ(x_t, t, z); with ``shrink``, λ_t·V_φ (the baseline the policy uses, see :meth:`shrinkage`)."""
         inputs = [latents.float().flatten(1), text_features.float()]
         if self.extra_dim:
             if extra_features is None or extra_features.shape[-1] != self.extra_dim:
@@ -105,6 +134,8 @@ class ValueFunction(nn.Module):
         value = self.head(h).squeeze(-1)
         if self.has_score:
             value = value + self.score_gain[step_indices.long()] * extra_features[:, -1].float()
+        if shrink:
+            value = value * self.shrinkage()[step_indices.long()]
         return value
 
 

@@ -32,6 +32,8 @@ from dpok.rl.distributed import Ranks, check_launch, launched_world_size, start_
 logger = logging.getLogger(__name__)
 
 METHODS = ("dpok", "sft")
+# finetune_value_by_step: the value baseline's Var(r − V)/Var(r) per denoising step (0 = noisiest)
+VALUE_BY_STEP_COLUMNS = ("step", "value_variance_ratio")
 
 
 @dataclass(frozen=True)
@@ -184,7 +186,11 @@ def finetune(pipeline: StableDiffusionPipeline, validated: dict[str, Any]):
     )
     if result.skipped_steps:
         logger.warning("%d policy step(s) were skipped for a non-finite loss", result.skipped_steps)
-    return pipeline.unet, pd.DataFrame(result.history), _reward_table(result.reward_log, prompts, validated)
+    value_by_step = pd.DataFrame(
+        list(result.value_variance_by_step.items()), columns=list(VALUE_BY_STEP_COLUMNS)
+    )
+    return (pipeline.unet, pd.DataFrame(result.history), _reward_table(result.reward_log, prompts, validated),
+            value_by_step)
 
 
 def _finetune_sft(pipeline, config: FinetuneRunConfig, prompts: list[str], validated: dict[str, Any]):
@@ -194,7 +200,8 @@ def _finetune_sft(pipeline, config: FinetuneRunConfig, prompts: list[str], valid
     result = train_sft(pipeline, prompts, config.reward_fn(), rl, sft)
     for row in result.history:
         _log_round_to_mlflow(int(row["round"]), {f"sft_{k}": v for k, v in row.items()})
-    return pipeline.unet, pd.DataFrame(result.history), _reward_table(result.reward_log, prompts, validated)
+    return (pipeline.unet, pd.DataFrame(result.history), _reward_table(result.reward_log, prompts, validated),
+            pd.DataFrame(columns=list(VALUE_BY_STEP_COLUMNS)))
 
 
 def _reward_table(reward_log: list[list[Any]], prompts: list[str], validated: dict[str, Any]) -> pd.DataFrame:
@@ -204,12 +211,12 @@ def _reward_table(reward_log: list[list[Any]], prompts: list[str], validated: di
     return rewards
 
 
-def plot_learning_curves(history: pd.DataFrame) -> Image.Image:
-    """Reward, the KL bound and the losses per round (the numbers DPOK trades off); for SFT, its losses and
-    KL bound per step."""
+def plot_learning_curves(history: pd.DataFrame, value_by_step: pd.DataFrame) -> Image.Image:
+    """Reward, the KL bound and the losses per round (the numbers DPOK trades off) and the value baseline's
+    variance ratio per step; for SFT, its losses and KL bound per step."""
     if "reward_mean" not in history.columns and "weighted_mse" in history.columns:
         return learning_curves(history, title="Reward-weighted SFT", xlabel="SFT step")
-    return learning_curves(history)
+    return learning_curves(history, value_by_step=value_by_step)
 
 
 def plot_training_rewards(rewards: pd.DataFrame, validated: dict[str, Any]) -> Image.Image:

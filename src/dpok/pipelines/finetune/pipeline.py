@@ -21,10 +21,15 @@ def create_pipeline(**kwargs) -> Pipeline:
             Node(
                 finetune,
                 ["base_model", "finetune_validated"],
-                ["lora", "finetune_history", "finetune_rewards"],
+                ["lora", "finetune_history", "finetune_rewards", "finetune_value_by_step"],
                 name="finetune_node",
             ),
-            Node(plot_learning_curves, "finetune_history", "finetune_curves", name="plot_learning_curves_node"),
+            Node(
+                plot_learning_curves,
+                ["finetune_history", "finetune_value_by_step"],
+                "finetune_curves",
+                name="plot_learning_curves_node",
+            ),
             Node(
                 plot_training_rewards,
                 ["finetune_rewards", "finetune_validated"],
