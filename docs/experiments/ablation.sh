@@ -20,7 +20,8 @@ run() {  # NAME SEED OVERRIDES...
 # the learning rate, LoRA targets and clip width stay the shapes world's (SD's 1e-5 and 1e-4 move nothing
 # in minutes on this model).
 PAPER="--set reward_normalisation=none --set trajectories_per_prompt=1 --set share_initial_noise=false \
---set value_features=latent --set step_weighting=none --set reward_weight=10 --set kl_weight=0.01"
+--set value_features=latent --set value_shrinkage=false --set step_weighting=none --set reward_weight=10 \
+--set kl_weight=0.01"
 ARMS=(
   "default|"
   "no_value_function|--set use_value_function=false"

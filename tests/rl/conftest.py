@@ -78,6 +78,7 @@ def small_config():
             share_initial_noise=False,
             reward_normalisation="none",
             value_features="latent",
+            value_shrinkage=False,
             step_weighting="none",
             reward_weight=10.0,
             value_learning_rate=1e-4,

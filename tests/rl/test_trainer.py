@@ -198,7 +198,7 @@ def test_reward_increases_on_an_easy_reward(make_pipeline, reward_fn, small_conf
 
 def test_baselines_are_the_value_of_each_buffered_transition():
     from dpok.rl import Trajectory, TransitionBuffer
-    from dpok.rl.trainer import _baselines
+    from dpok.rl.trainer import _predictions
     from dpok.rl.value import ValueFunction, prompt_text_feature
 
     torch.manual_seed(0)
@@ -210,7 +210,7 @@ def test_baselines_are_the_value_of_each_buffered_transition():
     )
     value_fn = ValueFunction((4, 2, 2), text_dim=8, num_steps=steps)
     buffer = TransitionBuffer(capacity=64)
-    buffer.push(trajectory, np.zeros(b), _baselines(value_fn, trajectory, 0, None, torch.device("cpu")))
+    buffer.push(trajectory, np.zeros(b), _predictions(value_fn, trajectory, 0, None, torch.device("cpu")))
     batch = buffer.get(torch.arange(b * steps))
     with torch.no_grad():
         expected = value_fn(batch.latents, batch.step_indices, prompt_text_feature(batch.prompt_embeds))

@@ -159,7 +159,7 @@ class FinetuneConfig:
     value_batch_size: int = 128
     value_steps: int = 5
     value_features: str = "tweedie_reward"
-    value_shrinkage: bool = False
+    value_shrinkage: bool = True
     reward_normalisation: str = "group"
     per_prompt_window: int = 32
     per_prompt_min_count: int = 4
