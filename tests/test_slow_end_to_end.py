@@ -63,10 +63,11 @@ def test_single_prompt_environment_lifts_the_judge_as_the_readme_says(clone):
 
 def test_default_run_improves_the_training_prompts_as_the_readme_says(clone):
     """`kedro run` (prompts → pretrained → finetune → evaluate) on a fresh clone: what README says of the
-    default multi-prompt run. With p_step 4 and 54 rounds it gained +0.091 [+0.041, +0.140] (48 rounds:
-    +0.093 [+0.040, +0.148]; three 1-thread runs at equal wall time +0.131 to +0.208), quality ≥ 0.97×,
-    held out +0.04 to +0.11, 856 s of rounds; this checks the lower end of that, so that a regression
-    fails. Issue 19's goal, +0.15 with a CI above +0.05, is not met by the committed run."""
+    default multi-prompt run. With p_step 4, value shrinkage and 54 rounds, `dvc repro` (seed 0, 2 threads)
+    gained +0.156 [+0.109, +0.205] with quality 0.99× and held out +0.088 in 717 s of rounds; 1-thread runs
+    of the same settings at other seeds and round counts gained +0.13 to +0.21. Runs part with the thread
+    count and the machine, so this checks the lower end of that spread (a regression fails), and the
+    value baseline's per-step report."""
     out, seconds = sh("kedro run", clone)
     history = pd.read_csv(clone / "data/08_reporting/finetune_history.csv")
     finetune_seconds = float(history.filter(like="seconds_").to_numpy().sum())
@@ -75,8 +76,10 @@ def test_default_run_improves_the_training_prompts_as_the_readme_says(clone):
     metrics = json.loads((clone / "data/08_reporting/metrics.json").read_text())["per_split"]
     train, heldout = metrics["train"], metrics["heldout"]
     judge = train["shapes_judge"]["difference"]
-    assert judge["mean"] >= 0.06 and judge["ci_low"] >= 0.0, judge
+    assert judge["mean"] >= 0.09 and judge["ci_low"] >= 0.03, judge
     quality = train["shapes_quality"]
     assert quality["finetuned"]["mean"] >= 0.95 * quality["base"]["mean"], quality
     assert heldout["shapes_judge"]["difference"]["mean"] >= -0.02, heldout["shapes_judge"]
     assert (clone / "data/08_reporting/finetune_reward_curves.png").is_file()
+    by_step = pd.read_csv(clone / "data/08_reporting/finetune_value_by_step.csv")
+    assert len(by_step) == 20 and by_step["value_variance_ratio"].mean() < 1.0, by_step
