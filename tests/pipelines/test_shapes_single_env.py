@@ -25,7 +25,8 @@ def configs():
 # default of conf/base.
 SINGLE_PROMPT_UPDATE = {
     "num_rounds": 60, "share_initial_noise": False, "kl_weight": 0.1, "step_weighting": "none",
-    "value_features": "latent", "reward_normalisation": "per_prompt", "kl_report_trajectories": 4, "p_step": 2,
+    "value_features": "latent", "value_shrinkage": False, "reward_normalisation": "per_prompt", "kl_report_trajectories": 4,
+    "p_step": 2,
 }
 
 
