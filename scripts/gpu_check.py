@@ -190,7 +190,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     import diffusers
     import transformers
 
-    from dpok.models.aesthetic import uint8_images_to_pixels
+    from dpok.images import uint8_images_to_pixels
     from dpok.rl import FinetuneConfig, sample_trajectories, train_dpok
 
     diffusers.utils.logging.set_verbosity_error()  # no warnings about float16 on a CPU in --tiny runs

@@ -47,7 +47,7 @@ def load_config(project_root: Path = ROOT, env: str = "local", runtime_params: d
     """
     from kedro.config import OmegaConfigLoader
 
-    from dpok.settings import CONFIG_LOADER_ARGS
+    from dpok.config import CONFIG_LOADER_ARGS
 
     loader = OmegaConfigLoader(
         conf_source=str(project_root / "conf"), env=env, runtime_params=runtime_params or {}, **CONFIG_LOADER_ARGS

@@ -1,13 +1,17 @@
 """Speed benchmark of DPOK on the configured model: ``python -m dpok.bench`` (JSON out).
 
-    python -m dpok.bench [--env local] [--rounds 3] [--repeats 3] [--device auto] [--threads N]
-                         [--set key=value ...] [--out data/08_reporting/bench.json] [--trl]
+    python -m dpok.bench [--env local] [--model FOLDER] [--rounds 3] [--repeats 3] [--warmup 1]
+                         [--device auto] [--threads N] [--set key=value ...] [--out PATH] [--trl | --sampler-only]
 
-With the environment's model, training prompts, reward and ``finetune.rl`` settings it measures:
+With the environment's model (or ``--model``), training prompts, reward and ``finetune.rl`` settings it
+measures:
 
 - ``sampler``: the stock ``StableDiffusionPipeline`` call against :func:`dpok.rl.sample_trajectories` on
-  the same prompts, noise, steps, CFG and η (``g_batch`` images; after a warm-up, alternating, median of
-  ``--repeats``); ``ratio`` = ours / stock (ours also keeps every latent and log-probability);
+  the same prompts, noise, steps, CFG and η (``g_batch`` images; after ``--warmup`` untimed calls of
+  each, alternating so that drift in machine load hits both alike, ``--repeats`` timed calls of each);
+  ``ratio`` = ours / stock of the medians (ours also keeps every latent and log-probability), with
+  ``paired_ratio`` (median ratio of back-to-back calls) and ``min_ratio`` (ratio of the minima), which
+  are steadier on a shared machine;
 - ``round``: ``--rounds`` rounds of :func:`dpok.rl.train_dpok` (checkpoints in a temporary folder); the
   seconds of every phase (sampling, reward, KL report, buffer with V_φ's inputs, value steps, policy
   steps), median over the rounds after the first, and ``policy_transitions_per_second``
@@ -21,6 +25,10 @@ With the environment's model, training prompts, reward and ``finetune.rl`` setti
 ``--set`` overrides ``finetune.rl`` keys (YAML values), e.g. DDPO's objective for an engine-to-engine
 comparison: ``--set kl_weight=0 --set use_value_function=false --set kl_report_trajectories=0
 --set "lora_target_modules=[to_q,to_k,to_v,to_out.0]"``.
+
+``--sampler-only`` measures ``sampler`` (and the peak memory) alone, without DPOK rounds, and writes
+``data/08_reporting/bench_sampler.json`` unless ``--out`` says otherwise; e.g. another model and batch
+size: ``python -m dpok.bench --sampler-only --model PIPELINE_FOLDER --set g_batch=32 --repeats 7``.
 """
 
 from __future__ import annotations
@@ -82,8 +90,9 @@ def setting(env: str, overrides: list[str] = ()) -> dict[str, Any]:
     }
 
 
-def bench_sampler(pipeline, prompts: list[str], config, repeats: int) -> dict[str, float]:
-    """Stock pipeline call vs our sampler on the same noise (seconds, medians)."""
+def bench_sampler(pipeline, prompts: list[str], config, repeats: int, warmup: int = 1) -> dict[str, float]:
+    """Stock pipeline call vs our sampler on the same noise (seconds: medians and minima of ``repeats``
+    alternating calls after ``warmup`` untimed calls of each; ratios ours / stock)."""
     import torch
 
     from dpok.rl import sample_trajectories
@@ -104,13 +113,20 @@ def bench_sampler(pipeline, prompts: list[str], config, repeats: int) -> dict[st
 
     stock, ours = _synchronised(stock, device), _synchronised(ours, device)
     with torch.no_grad():
-        stock(), ours()  # warm-up
+        for _ in range(warmup):
+            stock(), ours()
         stock_times, our_times = [], []
         for _ in range(repeats):  # alternating, so drift hits both alike
             stock_times.append(_timed(stock))
             our_times.append(_timed(ours))
     stock_s, ours_s = statistics.median(stock_times), statistics.median(our_times)
-    return {"images": len(batch), "stock_seconds": stock_s, "sampler_seconds": ours_s, "ratio": ours_s / stock_s}
+    return {
+        "images": len(batch), "stock_seconds": stock_s, "sampler_seconds": ours_s, "ratio": ours_s / stock_s,
+        # steadier than the medians' ratio on a shared machine: back-to-back pairs, and the fastest calls
+        "paired_ratio": statistics.median(o / s for o, s in zip(our_times, stock_times)),
+        "stock_min_seconds": min(stock_times), "sampler_min_seconds": min(our_times),
+        "min_ratio": min(our_times) / min(stock_times),
+    }
 
 
 def bench_round(pipeline, prompts: list[str], reward_fn, config, rounds: int) -> dict[str, Any]:
@@ -167,16 +183,23 @@ def bench_trl(setup: dict[str, Any], rounds: int, threads: int) -> dict[str, Any
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(prog="python -m dpok.bench", description=__doc__.split("\n")[0])
     parser.add_argument("--env", default="local", help="Kedro environment whose model and settings to use")
+    parser.add_argument("--model", default=None, help="diffusers pipeline folder or hub id to time instead of "
+                        "the environment's base_model")
     parser.add_argument("--rounds", type=int, default=3, help="DPOK rounds (and TRL epochs) to time")
     parser.add_argument("--repeats", type=int, default=3, help="timed calls of the stock pipeline and our sampler")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed calls of each before the timed ones")
     parser.add_argument("--device", default=None, help="auto, cpu, cuda[:N] (default: finetune.device)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="finetune.rl override")
-    parser.add_argument("--out", default="data/08_reporting/bench.json")
-    parser.add_argument("--trl", action="store_true", help="also time TRL 0.22's DDPOTrainer (separate venv)")
+    parser.add_argument("--out", default=None, help="JSON file (default: data/08_reporting/bench.json, "
+                        "bench_sampler.json with --sampler-only)")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--trl", action="store_true", help="also time TRL 0.22's DDPOTrainer (separate venv)")
+    mode.add_argument("--sampler-only", action="store_true", help="time only the stock call against our "
+                      "sampler (no DPOK rounds)")
     args = parser.parse_args(argv)
-    if args.rounds < 2 or args.repeats < 1:
-        parser.error("--rounds must be >= 2 (the first round is a warm-up) and --repeats >= 1")
+    if (args.rounds < 2 and not args.sampler_only) or args.repeats < 1 or args.warmup < 0:
+        parser.error("--rounds must be >= 2 (the first round is a warm-up), --repeats >= 1 and --warmup >= 0")
 
     import torch
 
@@ -186,24 +209,29 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.threads:
         torch.set_num_threads(args.threads)
     setup = setting(args.env, args.set)
+    if args.model:
+        model = Path(args.model).expanduser()
+        setup["model"] = str(model.resolve()) if model.exists() else args.model
     device = torch.device(resolve_device(args.device or setup["run"].device))
     pipeline = load_pipeline(setup["model"], device=device)
     pipeline.set_progress_bar_config(disable=True)
     result: dict[str, Any] = {
-        "env": args.env, "overrides": args.set, "model": os.path.relpath(setup["model"], ROOT), "device": str(device),
+        "env": args.env, "overrides": args.set, "model": args.model or os.path.relpath(setup["model"], ROOT),
+        "device": str(device),
         "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
         "g_batch": setup["rl"].g_batch, "steps": setup["rl"].num_inference_steps,
     }
     print("timing the stock pipeline and our sampler ...", file=sys.stderr)
-    result["sampler"] = bench_sampler(pipeline, setup["prompts"], setup["rl"], args.repeats)
-    print(f"timing {args.rounds} DPOK rounds ...", file=sys.stderr)
-    result["round"] = bench_round(pipeline, setup["prompts"], setup["run"].reward_fn(), setup["rl"], args.rounds)
+    result["sampler"] = bench_sampler(pipeline, setup["prompts"], setup["rl"], args.repeats, args.warmup)
+    if not args.sampler_only:
+        print(f"timing {args.rounds} DPOK rounds ...", file=sys.stderr)
+        result["round"] = bench_round(pipeline, setup["prompts"], setup["run"].reward_fn(), setup["rl"], args.rounds)
     result["peak_memory_mib"] = peak_memory_mib(device)
     if args.trl:
         print(f"timing {args.rounds} epochs of TRL's DDPOTrainer (its own venv) ...", file=sys.stderr)
         result["trl"] = bench_trl(setup, args.rounds, torch.get_num_threads())
         result["dpok_round_over_trl_epoch"] = result["round"]["round_seconds"] / result["trl"]["epoch_seconds"]
-    out = Path(args.out)
+    out = Path(args.out or f"data/08_reporting/bench{'_sampler' if args.sampler_only else ''}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     temporary = out.with_name(f".{out.name}.tmp")
     temporary.write_text(json.dumps(result, indent=2) + "\n")

@@ -2,6 +2,7 @@
 
 from kedro.config import OmegaConfigLoader
 
+from dpok.config import CONFIG_LOADER_ARGS  # noqa: F401  (read by Kedro; its one home is dpok.config)
 from dpok.hooks import MainProcessWritesHook, RunSummaryHook, TrackingStoreCheckHook
 from dpok.rl.distributed import is_main_process
 
@@ -12,13 +13,3 @@ HOOKS = (TrackingStoreCheckHook(), RunSummaryHook(), MainProcessWritesHook())
 DISABLE_HOOKS_FOR_PLUGINS = () if is_main_process() else ("kedro_mlflow",)
 
 CONFIG_LOADER_CLASS = OmegaConfigLoader
-CONFIG_LOADER_ARGS = {
-    "base_env": "base",
-    "default_run_env": "local",
-    # kedro-mlflow reads mlflow.yml through the loader; it ships in conf/base so a fresh clone tracks
-    # to the local sqlite store without a `kedro mlflow init` step.
-    "config_patterns": {"mlflow": ["mlflow*", "mlflow*/**"]},
-    # An environment's parameter files hold only what differs from base: nested keys merge one by one
-    # (a mapping such as `finetune.reward` merges too: a weight of 0 turns a base reward off).
-    "merge_strategy": {"parameters": "soft"},
-}

@@ -7,19 +7,19 @@ import pytest
 import torch
 from PIL import Image
 
+from dpok.images import uint8_images_to_pixels
 from dpok.models.aesthetic import (
     CLIP_MEAN,
     CLIP_STD,
     SCORE_MLP_KEYS,
-    CheckpointMismatchError,
     ScoreMLP,
     clip_preprocess,
     load_aesthetic_model,
     load_score_mlp,
     pil_resize_crop,
-    uint8_images_to_pixels,
     write_tiny_aesthetic,
 )
+from dpok.models.checkpoints import CheckpointMismatchError
 from helpers import pil_clip_transform, sharp_image
 
 

@@ -10,7 +10,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dpok.models.aesthetic import CheckpointMismatchError, clip_preprocess
+from dpok.models.aesthetic import clip_preprocess
+from dpok.models.checkpoints import CheckpointMismatchError
 from dpok.models.imagereward import (
     IMAGEREWARD_MEAN,
     IMAGEREWARD_STD,

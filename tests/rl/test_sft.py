@@ -63,7 +63,8 @@ def test_bad_sft_settings_name_their_key(change, message):
 
 def test_sample_set_is_what_dpok_would_sample_in_its_first_round(make_pipeline, prompts, reward_fn, small_config):
     """Same prompts, groups and noise streams as DPOK's round 1 (before DPOK's first update)."""
-    from dpok.rl.trainer import _draw_prompts, _sample_round
+    from dpok.rl.rollout import draw_prompts as _draw_prompts
+    from dpok.rl.rollout import sample_round as _sample_round
 
     config = small_config(num_rounds=2)
     pipeline = make_pipeline()

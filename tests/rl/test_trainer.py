@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-import dpok.rl.trainer as trainer_module
+import dpok.rl.state as state_module
+import dpok.rl.update as update_module
 from dpok.rl import (
     METRIC_NAMES,
     latest_checkpoint,
@@ -127,23 +128,23 @@ def test_non_finite_loss_never_reaches_the_optimiser(
     make_pipeline, prompts, reward_fn, small_config, tmp_path, monkeypatch, caplog
 ):
     initial = {}
-    real_attach = trainer_module.attach_lora
+    real_attach = state_module.attach_lora
 
     def recording_attach(unet, *args):
         params = real_attach(unet, *args)
         initial.update({n: p.detach().clone() for n, p in unet.named_parameters() if "lora_" in n})
         return params
 
-    real_step = trainer_module.ddim_step_with_logprob
+    real_step = update_module.ddim_step_with_logprob
 
     def nan_step(*args, **kwargs):
         prev_sample, log_prob = real_step(*args, **kwargs)
         return prev_sample, log_prob + float("nan")
 
-    monkeypatch.setattr(trainer_module, "attach_lora", recording_attach)
-    monkeypatch.setattr(trainer_module, "ddim_step_with_logprob", nan_step)  # only the update's re-scoring
+    monkeypatch.setattr(state_module, "attach_lora", recording_attach)
+    monkeypatch.setattr(update_module, "ddim_step_with_logprob", nan_step)  # only the update's re-scoring
     pipeline = make_pipeline()
-    with caplog.at_level(logging.WARNING, logger="dpok.rl.trainer"):
+    with caplog.at_level(logging.WARNING, logger="dpok.rl.update"):
         config = small_config(num_rounds=2, p_step=3)
         result = train_dpok(pipeline, prompts, reward_fn, config, tmp_path, progress=False)
     assert [row["skipped_steps"] for row in result.history] == [3, 3]
@@ -198,7 +199,7 @@ def test_reward_increases_on_an_easy_reward(make_pipeline, reward_fn, small_conf
 
 def test_baselines_are_the_value_of_each_buffered_transition():
     from dpok.rl import Trajectory, TransitionBuffer
-    from dpok.rl.trainer import _predictions
+    from dpok.rl.baseline import value_predictions as _predictions
     from dpok.rl.value import ValueFunction, prompt_text_feature
 
     torch.manual_seed(0)

@@ -9,13 +9,10 @@ from dpok.models import build_ddim_scheduler
 from dpok.rl import FinetuneConfig, TransitionBuffer, guided_noise_prediction, load_checkpoint, train_dpok
 from dpok.rl.losses import group_statistics, policy_loss
 from dpok.rl.sampling import policy_gradient_scale, predicted_original_sample
-from dpok.rl.trainer import (
-    _draw_prompts,
-    _sample_round,
-    step_weights,
-    value_variance_ratio,
-    variance_ratio_by_step,
-)
+from dpok.rl.baseline import value_variance_ratio, variance_ratio_by_step
+from dpok.rl.rollout import draw_prompts as _draw_prompts
+from dpok.rl.rollout import sample_round as _sample_round
+from dpok.rl.update import step_weights
 from dpok.rl.value import ValueFunction, prompt_text_feature
 
 

@@ -8,10 +8,11 @@ recorded in the key) decides everything random: the seeds, which side the fine-t
 on (balanced: half the pairs each way, then shuffled), the order of the pairs, and the opaque names.
 The raters' folder holds only:
 
-- ``index.html``: one self-contained page (no network: inline CSS/JS, images by relative path, a
-  Content-Security-Policy that forbids any request other than the page's own images). Per pair it
-  shows the prompt (HTML-escaped) and the two images, and asks the paper's two questions; the
-  "Download answers (CSV)" button writes the rater's answers client-side.
+- ``index.html``: one self-contained page (no network: inline CSS/JS, kept as package data in
+  ``human_eval_page/``; images by relative path; a Content-Security-Policy that forbids any request
+  other than the page's own images). Per pair it shows the prompt (HTML-escaped) and the two images,
+  and asks the paper's two questions; the "Download answers (CSV)" button writes the rater's answers
+  client-side.
 - ``pairs.csv`` (pair_id, prompt, left_image, right_image) for other annotation tools.
 - ``img/<12 hex>.png``: the images, re-encoded without metadata under random names.
 
@@ -36,9 +37,11 @@ win rate among decisive answers (ties excluded) with a binomial CI, and the shar
 
 from __future__ import annotations
 
+import functools
 import html
 import math
 from collections.abc import Callable, Mapping
+from importlib import resources
 from typing import Any
 
 import numpy as np
@@ -145,95 +148,14 @@ def blinded_images(
     return result
 
 
-_PAGE_CSS = """
-body{font-family:system-ui,sans-serif;margin:0 auto;max-width:960px;padding:1em;color:#222}
-header{position:sticky;top:0;background:#fff;border-bottom:1px solid #ccc;padding:.5em 0;z-index:1}
-.pair{border:1px solid #ddd;border-radius:6px;margin:1em 0;padding:.8em}
-.prompt{font-size:1.2em;margin:.2em 0 .6em}
-.images{display:flex;gap:1.5em;justify-content:center}
-figure{margin:0;text-align:center}
-figure img{width:256px;height:256px;image-rendering:pixelated;border:1px solid #999}
-fieldset{border:none;margin:.4em 0;padding:0}
-legend{font-weight:600}
-label{margin-right:1.2em}
-.done{background:#f3fbf3}
-#status{margin-left:1em}
-"""
+PAGE_ASSETS = "human_eval_page"
+"""Package-data folder (next to this module) with the rater page's ``page.css`` and ``page.js``, inlined
+into every page so that it needs no network and no other file."""
 
-_PAGE_JS = r"""
-(function () {
-  "use strict";
-  var questions = ["q_text", "q_quality"];
-  var pairs = Array.prototype.slice.call(document.querySelectorAll(".pair"));
-  var storeKey = "human-eval:" + document.body.getAttribute("data-export");
-  var rater = document.getElementById("rater");
-  function load() {
-    try { return JSON.parse(window.localStorage.getItem(storeKey) || "{}"); } catch (e) { return {}; }
-  }
-  function save(state) {
-    try { window.localStorage.setItem(storeKey, JSON.stringify(state)); } catch (e) { /* storage off */ }
-  }
-  function answer(pair, question) {
-    var checked = pair.querySelector("input[name='" + pair.id + "-" + question + "']:checked");
-    return checked ? checked.value : "";
-  }
-  function refresh() {
-    var answered = 0;
-    var state = {rater: rater.value, answers: {}};
-    pairs.forEach(function (pair) {
-      var values = questions.map(function (q) { return answer(pair, q); });
-      var complete = values.every(function (v) { return v !== ""; });
-      pair.classList.toggle("done", complete);
-      if (complete) { answered += 1; }
-      state.answers[pair.getAttribute("data-pair-id")] = values;
-    });
-    document.getElementById("status").textContent = answered + " of " + pairs.length + " pairs answered";
-    save(state);
-  }
-  function restore() {
-    var state = load();
-    if (state.rater) { rater.value = state.rater; }
-    pairs.forEach(function (pair) {
-      var values = (state.answers || {})[pair.getAttribute("data-pair-id")] || [];
-      questions.forEach(function (q, i) {
-        if (!values[i]) { return; }
-        var input = pair.querySelector("input[name='" + pair.id + "-" + q + "'][value='" + values[i] + "']");
-        if (input) { input.checked = true; }
-      });
-    });
-  }
-  function csvField(value) {
-    var text = String(value);
-    return /[",\r\n]/.test(text) ? '"' + text.replace(/"/g, '""') + '"' : text;
-  }
-  function download() {
-    var name = rater.value.trim();
-    var message = document.getElementById("message");
-    if (!name) { message.textContent = "Please enter your name or rater id first."; rater.focus(); return; }
-    var lines = [["pair_id", "rater"].concat(questions).join(",")];
-    pairs.forEach(function (pair) {
-      var values = questions.map(function (q) { return answer(pair, q); });
-      if (values.some(function (v) { return v !== ""; })) {
-        lines.push([pair.getAttribute("data-pair-id"), name].concat(values).map(csvField).join(","));
-      }
-    });
-    if (lines.length === 1) { message.textContent = "No answers yet."; return; }
-    var blob = new Blob([lines.join("\r\n") + "\r\n"], {type: "text/csv"});
-    var link = document.createElement("a");
-    link.href = window.URL.createObjectURL(blob);
-    link.download = "ratings-" + name.replace(/[^A-Za-z0-9_-]+/g, "_") + ".csv";
-    document.body.appendChild(link);
-    link.click();
-    link.remove();
-    message.textContent = "Saved " + (lines.length - 1) + " answers. Send the downloaded file back.";
-  }
-  restore();
-  document.addEventListener("change", refresh);
-  rater.addEventListener("input", refresh);
-  document.getElementById("download").addEventListener("click", download);
-  refresh();
-})();
-"""
+
+@functools.cache
+def _page_asset(name: str) -> str:
+    return (resources.files(__package__) / PAGE_ASSETS / name).read_text(encoding="utf-8")
 
 
 def render_page(pairs: pd.DataFrame, *, title: str, export_id: str) -> str:
@@ -267,7 +189,7 @@ def render_page(pairs: pd.DataFrame, *, title: str, export_id: str) -> str:
         '<html lang="en"><head><meta charset="utf-8">'
         f'<meta http-equiv="Content-Security-Policy" content="{csp}">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
-        f"<title>{esc(title)}</title><style>{_PAGE_CSS}</style></head>\n"
+        f"<title>{esc(title)}</title><style>\n{_page_asset('page.css')}</style></head>\n"
         f'<body data-export="{esc(export_id)}">'
         f"<header><h1>{esc(title)}</h1>"
         "<p>For each pair, read the text, look at both images and answer the two questions. "
@@ -276,7 +198,7 @@ def render_page(pairs: pd.DataFrame, *, title: str, export_id: str) -> str:
         '<button id="download" type="button">Download answers (CSV)</button>'
         '<span id="status"></span> <span id="message" role="status"></span></header>\n'
         "<main>\n" + "\n".join(blocks) + "\n</main>\n"
-        f"<script>{_PAGE_JS}</script></body></html>\n"
+        f"<script>\n{_page_asset('page.js')}</script></body></html>\n"
     )
 
 

@@ -46,6 +46,8 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+from dpok.images import as_uint8_batch
+
 logger = logging.getLogger(__name__)
 
 ScoreFn = Callable[[np.ndarray, Sequence[str]], np.ndarray]
@@ -99,13 +101,6 @@ def check_plan(plan: pd.DataFrame) -> pd.DataFrame:
         # PartitionedDataset saves in sorted order; any other order would draw batches repeatedly.
         raise ValueError("the sampling plan's files must be in sorted order (the order the dataset saves them)")
     return plan.reset_index(drop=True).copy()
-
-
-def _as_uint8_batch(images: Any, expected: int) -> np.ndarray:
-    array = np.asarray(images)
-    if array.ndim != 4 or array.shape[0] != expected or array.shape[-1] != 3 or array.dtype != np.uint8:
-        raise ValueError(f"the sampler returned {array.shape} {array.dtype}; expected ({expected}, H, W, 3) uint8")
-    return array
 
 
 class LazyScoredSamples:
@@ -203,7 +198,7 @@ class LazyScoredSamples:
         prompts, seeds = self._prompts[start:stop], self._seeds[start:stop]
         self._cache = None  # release the previous batch before drawing the next
         t0 = self._clock()
-        images = _as_uint8_batch(self._sample_batch(prompts, seeds), stop - start)
+        images = as_uint8_batch(self._sample_batch(prompts, seeds), stop - start, "the sampler")
         t1 = self._clock()
         self._seconds["sampling"] += t1 - t0
         if self._scored[batch]:

@@ -59,15 +59,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from dpok.models.aesthetic import (
-    CheckpointMismatchError,
-    ScoreMLP,
-    check_state_dict,
-    clip_preprocess,
-    load_weights_file,
-)
 from dpok.config import from_mapping
 from dpok.devices import resolve_device, resolve_dtype
+from dpok.models.aesthetic import ScoreMLP, clip_preprocess
+from dpok.models.checkpoints import CheckpointMismatchError, check_state_dict, load_weights_file
 
 IMAGEREWARD_MEAN = 0.16717362830052426
 IMAGEREWARD_STD = 1.0333394966054072
@@ -423,7 +418,7 @@ def load_blip_tokenizer(source: str):
     """
     from transformers import BertTokenizer
 
-    from dpok.models.aesthetic import _hub_offline
+    from dpok.models.checkpoints import _hub_offline
 
     path = Path(source).expanduser()
     local = path.exists()

@@ -36,7 +36,7 @@ def aesthetic(
         dtype: ``auto`` (float16 on CUDA, float32 on CPU), ``float32``, ``float16``, ``bfloat16``.
         batch_size: Images per forward pass.
     """
-    from dpok.models.aesthetic import check_device_and_dtype, resolve_file, resolve_pretrained
+    from dpok.models.checkpoints import check_device_and_dtype, resolve_file, resolve_pretrained
 
     fetch = "fetch it once online as described in docs/sd15.md"
     weights_path = resolve_file(mlp_weights, "aesthetic", "mlp_weights", fetch)

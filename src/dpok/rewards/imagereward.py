@@ -47,7 +47,7 @@ def imagereward(
         batch_size: Images per forward pass.
         vision: BLIP ViT settings overriding ViT-L/16 at 224 (only for other BLIP sizes and tests).
     """
-    from dpok.models.aesthetic import check_device_and_dtype, resolve_file, resolve_pretrained
+    from dpok.models.checkpoints import check_device_and_dtype, resolve_file, resolve_pretrained
     from dpok.models.imagereward import BlipVisionSettings, MedTextSettings
 
     checkpoint_path = resolve_file(checkpoint, "imagereward", "checkpoint", FETCH_HINT)

@@ -18,8 +18,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from dpok.images import to_image_batch
 from dpok.rewards.registry import RewardFn, register_reward
-from dpok.world import to_image_batch
 
 
 def jpeg_size_bytes(image: np.ndarray, quality: int) -> int:

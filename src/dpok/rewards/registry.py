@@ -19,6 +19,8 @@ from typing import Any
 
 import numpy as np
 
+from dpok.images import to_image_batch
+
 RewardFn = Callable[[Any, Sequence[str]], np.ndarray]
 RewardFactory = Callable[..., RewardFn]
 
@@ -158,8 +160,6 @@ def lazily_loaded_reward(
 ) -> RewardFn:
     """A reward whose model loads on the first call (``load()``, once), then scores each batch with
     ``score(model, uint8 images (N, H, W, 3), prompts)``; one prompt per image."""
-    from dpok.world.detect import to_image_batch
-
     model = None
 
     def reward(images: Any, prompts: Sequence[str]) -> np.ndarray:

@@ -7,8 +7,9 @@ from typing import Any
 
 import numpy as np
 
+from dpok.images import to_image_batch
 from dpok.rewards.registry import RewardFn, register_reward
-from dpok.world import judge, quality, to_image_batch
+from dpok.world import judge, quality
 
 
 @register_reward("shapes_judge")

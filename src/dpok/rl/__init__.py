@@ -7,6 +7,11 @@
 - :mod:`~dpok.rl.buffer`: the FIFO transition buffer (§4)
 - :mod:`~dpok.rl.config`: ``FinetuneConfig``
 - :mod:`~dpok.rl.checkpoint`: atomic checkpoints, resume
+- :mod:`~dpok.rl.context`: the checks of a run's inputs, ``RoundContext``: what every phase of a round reads
+- :mod:`~dpok.rl.rollout`: a round's random streams, prompts, trajectories and rewards (§4, steps 1–2)
+- :mod:`~dpok.rl.baseline`: standardised rewards, V_φ's baselines, the value steps, variance ratios (§4, steps 3–4)
+- :mod:`~dpok.rl.update`: the policy steps and the KL report (§4, step 5)
+- :mod:`~dpok.rl.state`: ``RunState``, everything a run changes, as a checkpoint holds it
 - :mod:`~dpok.rl.trainer`: ``train_dpok``, the rounds
 - :mod:`~dpok.rl.sft`: ``train_sft``, reward-weighted supervised fine-tuning, the paper's baseline (§8)
 
@@ -34,7 +39,11 @@ from dpok.rl.sampling import (
     sample_trajectories,
     validate_scheduler_for_logprob,
 )
+from dpok.rl.baseline import value_variance_ratio, variance_ratio_by_step
+from dpok.rl.context import RoundContext
+from dpok.rl.state import RunState, attach_trainable_lora
 from dpok.rl.trainer import METRIC_NAMES, TrainingResult, train_dpok
+from dpok.rl.update import step_weights
 from dpok.rl.sft import SFT_METRIC_NAMES, SFTConfig, SFTResult, sft_loss, train_sft
 from dpok.rl.value import ValueFunction, prompt_text_feature, value_loss, value_update
 
@@ -48,6 +57,8 @@ __all__ = [
     "SFTResult",
     "FinetuneConfig",
     "PerPromptRewardNormaliser",
+    "RoundContext",
+    "RunState",
     "TrainingResult",
     "TrainingState",
     "Trajectory",
@@ -55,6 +66,7 @@ __all__ = [
     "TransitionBuffer",
     "ValueFunction",
     "advantages",
+    "attach_trainable_lora",
     "ddim_step_mean_std",
     "ddim_step_with_logprob",
     "eps_mse",
@@ -73,10 +85,13 @@ __all__ = [
     "save_checkpoint",
     "sft_loss",
     "step_kl",
+    "step_weights",
     "train_dpok",
     "train_sft",
     "trajectory_kl_bound",
     "validate_scheduler_for_logprob",
     "value_loss",
     "value_update",
+    "value_variance_ratio",
+    "variance_ratio_by_step",
 ]

@@ -28,6 +28,8 @@ import torch
 from diffusers import DDIMScheduler
 from diffusers.utils.torch_utils import randn_tensor
 
+from dpok.images import images_to_uint8
+
 SUPPORTED_PREDICTION_TYPES = ("epsilon", "v_prediction")
 
 Generator = torch.Generator | list[torch.Generator] | None
@@ -348,11 +350,6 @@ class Trajectory:
             guidance_scale=first.guidance_scale,
             eta=first.eta,
         )
-
-
-def images_to_uint8(images: np.ndarray) -> np.ndarray:
-    """Float images in [0, 1] to uint8, rounding as diffusers' ``numpy_to_pil`` does."""
-    return (np.clip(images, 0.0, 1.0) * 255).round().astype(np.uint8)
 
 
 @torch.no_grad()

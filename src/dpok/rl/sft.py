@@ -33,17 +33,9 @@ from dpok.models.lora import lora_state_dict
 from dpok.rl.config import FinetuneConfig
 from dpok.rl.kl import reference_model, trajectory_kl_bound
 from dpok.rl.sampling import Trajectory, sample_trajectories
-from dpok.rl.trainer import (
-    RewardFn,
-    _autocast,
-    _check_inputs,
-    _draw_prompts,
-    _generator,
-    _prepare_pipeline,
-    _sample_round,
-    _score,
-    attach_trainable_lora,
-)
+from dpok.rl.context import RewardFn, check_inputs, prepare_pipeline
+from dpok.rl.rollout import diffusion_autocast, draw_prompts, sample_round, score, stream_generator
+from dpok.rl.state import attach_trainable_lora
 
 logger = logging.getLogger(__name__)
 
@@ -156,10 +148,10 @@ def sample_pretrained(pipeline, prompts: list[str], reward_fn: RewardFn, config:
     theirs (same prompt choice, groups and noise streams), without any update in between."""
     latents, drawn, rewards, log = [], [], [], []
     for round_number in tqdm(range(1, config.num_rounds + 1), desc="SFT: sampling the pretrained model"):
-        round_prompts, groups = _draw_prompts(prompts, config, round_number)
-        with _autocast(config, pipeline.unet.device):
-            trajectory = _sample_round(pipeline, round_prompts, groups, config, round_number)
-        scores = _score(reward_fn, trajectory.images, round_prompts, round_number)
+        round_prompts, groups = draw_prompts(prompts, config, round_number)
+        with diffusion_autocast(config, pipeline.unet.device):
+            trajectory = sample_round(pipeline, round_prompts, groups, config, round_number)
+        scores = score(reward_fn, trajectory.images, round_prompts, round_number)
         latents.append(trajectory.latents[:, -1].float().cpu())
         drawn += round_prompts
         rewards.append(scores)
@@ -179,9 +171,10 @@ def _kl_bound(pipeline, prompts: list[str], config: FinetuneConfig, step: int) -
     n = config.kl_report_trajectories
     if n == 0:
         return float("nan")
-    chosen = [prompts[i] for i in torch.randint(len(prompts), (n,), generator=_generator(config.seed, step, _SFT_REPORT)).tolist()]
-    generators = [_generator(config.seed, step, _SFT_REPORT, i) for i in range(n)]
-    with torch.no_grad(), _autocast(config, pipeline.unet.device):
+    chosen = [prompts[i] for i in torch.randint(
+        len(prompts), (n,), generator=stream_generator(config.seed, step, _SFT_REPORT)).tolist()]
+    generators = [stream_generator(config.seed, step, _SFT_REPORT, i) for i in range(n)]
+    with torch.no_grad(), diffusion_autocast(config, pipeline.unet.device):
         trajectory: Trajectory = sample_trajectories(
             pipeline, chosen, num_inference_steps=config.num_inference_steps,
             guidance_scale=config.guidance_scale, eta=config.eta, generator=generators, output_type="latent",
@@ -194,7 +187,7 @@ def _kl_bound(pipeline, prompts: list[str], config: FinetuneConfig, step: int) -
 def _sft_step(pipeline, data: SampleSet, embeds: torch.Tensor, index_of: dict[str, int], weights: torch.Tensor,
               noise_scheduler, optimizer, params, rl: FinetuneConfig, sft: SFTConfig, step: int) -> dict[str, float]:
     unet, device = pipeline.unet, pipeline.unet.device
-    generator = _generator(rl.seed, step, _SFT_BATCH)
+    generator = stream_generator(rl.seed, step, _SFT_BATCH)
     picked = torch.randint(len(data.prompts), (sft.batch_size,), generator=generator)
     timesteps = torch.randint(noise_scheduler.config.num_train_timesteps, (sft.batch_size,), generator=generator)
     x0 = data.latents[picked]
@@ -202,7 +195,7 @@ def _sft_step(pipeline, data: SampleSet, embeds: torch.Tensor, index_of: dict[st
     x_t = noise_scheduler.add_noise(x0, noise, timesteps).to(device)
     timesteps, noise = timesteps.to(device), noise.to(device)
     text = embeds[[index_of[data.prompts[i]] for i in picked.tolist()]]
-    with _autocast(rl, device):
+    with diffusion_autocast(rl, device):
         model_pred = unet(x_t.to(unet.dtype), timesteps, encoder_hidden_states=text).sample
         reference_pred = None
         if sft.kl_weight > 0:
@@ -230,10 +223,10 @@ def train_sft(
     pipeline, prompts: list[str], reward_fn: RewardFn, rl: FinetuneConfig, sft: SFTConfig, progress: bool = True
 ) -> SFTResult:
     """Reward-weighted SFT of a LoRA on ``pipeline.unet`` (modified in place: it gets the adapter)."""
-    prompts = _check_inputs(pipeline, prompts, rl)
+    prompts = check_inputs(pipeline, prompts, rl)
     if getattr(pipeline.scheduler.config, "prediction_type", "epsilon") != "epsilon":
         raise ValueError("reward-weighted SFT trains ε-prediction models only (scheduler prediction_type)")
-    _prepare_pipeline(pipeline, rl)
+    prepare_pipeline(pipeline, rl)
     data = sample_pretrained(pipeline, prompts, reward_fn, rl)  # before the adapter exists: the pretrained model
     weights = torch.as_tensor(reward_weights(data.rewards, sft.reward_offset), dtype=torch.float32)
     logger.info(

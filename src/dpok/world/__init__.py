@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from dpok.world.detect import DetectedObject, Detections, detect_batch, detect_objects, to_image_batch
+from dpok.images import to_image_batch  # re-exported: what the world's functions accept as images
+from dpok.world.detect import DetectedObject, Detections, detect_batch, detect_objects
 from dpok.world.grammar import (
     CATEGORIES,
     COLORS,

@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
+from dpok.images import to_image_batch
 from dpok.world.grammar import COLORS, SHAPES
 from dpok.world.render import BACKGROUND, PALETTE
 
@@ -64,58 +65,6 @@ _PIXELS_PER_CHUNK = 1 << 15  # (P, 4) temporaries of ~0.5 MB stay in cache
 _BACKGROUND_RGB = REFERENCE_COLORS[BACKGROUND_CLASS]
 _SPOKES = REFERENCE_COLORS[: len(COLORS)] - _BACKGROUND_RGB  # background -> each palette colour
 _SPOKE_SQ = (_SPOKES**2).sum(axis=1)[None, :]
-
-
-def to_image_batch(images: Any) -> np.ndarray:
-    """Validate images and return them as one ``(N, H, W, 3)`` uint8 array.
-
-    Accepts a uint8 array ``(N, H, W, 3)``, or a list of RGB PIL images or of ``(H, W, 3)`` uint8
-    arrays of one size. Anything else raises a TypeError/ValueError that names the problem and the
-    expected form (floats are refused rather than guessed at: [0, 1] and [0, 255] look alike).
-    """
-    if isinstance(images, np.ndarray):
-        batch = images
-        where = "images"
-    elif isinstance(images, (list, tuple)):
-        arrays = [_image_to_array(image, index) for index, image in enumerate(images)]
-        if not arrays:
-            return np.zeros((0, 32, 32, 3), dtype=np.uint8)
-        shapes = {array.shape for array in arrays}
-        if len(shapes) > 1:
-            raise ValueError(f"all images must have one size, got shapes {sorted(shapes)}")
-        return np.stack(arrays)
-    else:
-        raise TypeError(
-            "images must be a uint8 numpy array (N, H, W, 3) or a list of RGB PIL images / "
-            f"(H, W, 3) uint8 arrays, got {type(images).__name__}"
-        )
-    if batch.dtype != np.uint8:
-        raise TypeError(
-            f"{where} must have dtype uint8 (values 0-255), got {batch.dtype}; convert floats in [0, 1] "
-            "with (x * 255).round().clip(0, 255).astype(np.uint8)"
-        )
-    if batch.ndim != 4 or batch.shape[-1] != 3:
-        hint = " (for one image pass image[None])" if batch.ndim == 3 and batch.shape[-1] == 3 else ""
-        raise ValueError(f"{where} must have shape (N, H, W, 3) with 3 RGB channels, got {batch.shape}{hint}")
-    if batch.shape[1] < 8 or batch.shape[2] < 8:
-        raise ValueError(f"{where} must be at least 8x8 pixels, got {batch.shape[1]}x{batch.shape[2]}")
-    return batch
-
-
-def _image_to_array(image: Any, index: int) -> np.ndarray:
-    if isinstance(image, np.ndarray):
-        array = image
-    elif hasattr(image, "mode") and hasattr(image, "size"):  # a PIL image, without importing PIL here
-        if image.mode != "RGB":
-            raise ValueError(f"images[{index}] is a PIL image in mode {image.mode!r}; convert it with .convert('RGB')")
-        array = np.asarray(image)
-    else:
-        raise TypeError(f"images[{index}] must be a PIL image or a (H, W, 3) uint8 array, got {type(image).__name__}")
-    if array.dtype != np.uint8:
-        raise TypeError(f"images[{index}] must have dtype uint8, got {array.dtype}")
-    if array.ndim != 3 or array.shape[-1] != 3:
-        raise ValueError(f"images[{index}] must have shape (H, W, 3), got {array.shape}")
-    return array
 
 
 @dataclass(frozen=True)

@@ -43,7 +43,8 @@ from typing import Any
 
 import numpy as np
 
-from dpok.world.detect import Detections, detect_batch, to_image_batch
+from dpok.images import to_image_batch
+from dpok.world.detect import Detections, detect_batch
 from dpok.world.grammar import COLORS, SHAPES, ObjectSpec, PromptGrammarError, PromptSpec, parse_prompt
 
 # Full side credit from 2 px (at 32x32) inside the named half, none from 2 px beyond the midline.

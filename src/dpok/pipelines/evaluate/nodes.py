@@ -29,7 +29,7 @@ from dpok.evaluation import (
     render_report,
 )
 from dpok.evaluation.manifest import PLAN_COLUMNS, check_saved, finish_sample_set
-from dpok.evaluation.sampler import pipeline_sampler, score_functions
+from dpok.evaluation.sampling import pipeline_sampler, score_functions
 from dpok.models import load_lora
 
 logger = logging.getLogger(__name__)

@@ -13,7 +13,7 @@ from PIL import Image
 
 from dpok.evaluation import LazyScoredSamples, SamplingConfig, derive_seeds, sampling_plan
 from dpok.evaluation.manifest import finish_sample_set
-from dpok.evaluation.sampler import pipeline_sampler, score_functions
+from dpok.evaluation.sampling import pipeline_sampler, score_functions
 
 logger = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ from tqdm.auto import tqdm
 
 from dpok.config import check_keys
 from dpok.evaluation import SamplingConfig, derive_seeds
-from dpok.evaluation.sampler import pipeline_sampler, score_functions
+from dpok.evaluation.sampling import pipeline_sampler, score_functions
 from dpok.prompts.headroom import HeadroomRule, select_headroom_prompts, solve_rates
 from dpok.world.grammar import CATEGORIES, enumerate_prompts, parse_prompt
 

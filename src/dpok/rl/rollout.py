@@ -1,0 +1,145 @@
+"""A round's rollouts (docs/algorithm.md §4, steps 1–2): its prompts, their trajectories sampled with the
+current policy, and their rewards; with the random streams and the precision they are drawn in.
+
+Randomness: every random draw of round ``k`` comes from generators seeded by ``(seed, k, stream)``
+(prompt choice, each trajectory's noise, value minibatches, policy minibatches), and the LoRA and value
+net are initialised from ``(seed, stream)``. A round therefore depends only on the state at its start
+(LoRA, optimisers, value net, buffer, reward statistics), which the checkpoint holds, so a resumed run
+repeats the uninterrupted run exactly. The global RNG states are saved and restored too, for a reward
+function that uses them.
+
+Precision: ``config.mixed_precision`` autocasts the diffusion model's forward passes only (sampling, the
+KL report, the policy steps; fp16 adds loss scaling); the LoRA weights and their optimiser, the value
+function and the reward stay float32, whatever the pipeline's dtype.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import numpy as np
+import torch
+from diffusers.utils.torch_utils import randn_tensor
+
+from dpok.rl.config import FinetuneConfig
+from dpok.rl.context import RewardFn, RoundContext
+from dpok.rl.distributed import Ranks
+from dpok.rl.sampling import Trajectory, sample_trajectories
+
+# Random streams of a round (see module docstring).
+(
+    PROMPT_STREAM, SAMPLING_STREAM, VALUE_STREAM, POLICY_STREAM, LORA_INIT_STREAM, VALUE_INIT_STREAM,
+    INITIAL_NOISE_STREAM,
+) = range(7)
+
+_AUTOCAST_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def diffusion_autocast(config: FinetuneConfig, device: torch.device) -> contextlib.AbstractContextManager:
+    """Autocast for the diffusion model's forward passes (``config.mixed_precision``); a no-op for "no"."""
+    if config.mixed_precision == "no":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=_AUTOCAST_DTYPES[config.mixed_precision])
+
+
+def stream_seed(seed: int, *key: int) -> int:
+    """A 64-bit seed derived from ``(seed, *key)``: independent, reproducible streams."""
+    return int(np.random.SeedSequence(entropy=seed, spawn_key=key).generate_state(1, dtype=np.uint64)[0])
+
+
+def stream_generator(seed: int, *key: int) -> torch.Generator:
+    return torch.Generator().manual_seed(stream_seed(seed, *key))
+
+
+def draw_prompts(prompts: list[str], config: FinetuneConfig, round_number: int) -> tuple[list[str], list[int]]:
+    """The round's prompts, ``trajectories_per_prompt`` in a row per draw, and each one's group index."""
+    n_groups = config.g_batch // config.trajectories_per_prompt
+    choice = torch.randint(
+        len(prompts), (n_groups,), generator=stream_generator(config.seed, round_number, PROMPT_STREAM)
+    )
+    repeat = config.trajectories_per_prompt
+    return [prompts[i] for i in choice.tolist() for _ in range(repeat)], [g for g in range(n_groups) for _ in range(repeat)]
+
+
+def _initial_noise(unet, config: FinetuneConfig, round_number: int, groups: list[int]) -> torch.Tensor | None:
+    """With ``share_initial_noise``, one x_T per group from its own stream; otherwise None (each trajectory
+    draws x_T from its own sampling stream, as the stock pipeline does)."""
+    if not config.share_initial_noise:
+        return None
+    size = unet.config.sample_size
+    shape = (1, unet.config.in_channels, size, size)
+    per_group = {
+        g: randn_tensor(
+            shape, generator=stream_generator(config.seed, round_number, INITIAL_NOISE_STREAM, g), dtype=torch.float32
+        )
+        for g in sorted(set(groups))
+    }
+    return torch.cat([per_group[g] for g in groups])
+
+
+def sample_round(
+    pipeline, prompts: list[str], groups: list[int], config: FinetuneConfig, round_number: int,
+    ranks: Ranks = Ranks(),
+) -> Trajectory:
+    """The round's trajectories in chunks of ``sample_batch_size``; each rank samples its chunks (trajectory
+    i from stream i) and all get all."""
+    initial = _initial_noise(pipeline.unet, config, round_number, groups)
+    parts = [
+        sample_trajectories(
+            pipeline,
+            prompts[chunk.start : chunk.stop],
+            num_inference_steps=config.num_inference_steps,
+            guidance_scale=config.guidance_scale,
+            eta=config.eta,
+            generator=[stream_generator(config.seed, round_number, SAMPLING_STREAM, i) for i in chunk],
+            latents=None if initial is None else initial[chunk.start : chunk.stop],
+        )
+        for chunk in ranks.chunks(len(prompts), config.sample_batch_size)
+    ]
+    if not ranks.distributed:
+        return Trajectory.concatenate(parts)
+    local = [Trajectory.concatenate(parts).to("cpu")] if parts else []
+    return Trajectory.concatenate(ranks.gather(local)).to(pipeline.unet.device)
+
+
+def rollout(context: RoundContext, round_number: int) -> tuple[list[str], list[int], Trajectory]:
+    """Step 1: the round's prompts, their group indices, and their trajectories from the current policy
+    (no grad)."""
+    config = context.config
+    round_prompts, groups = draw_prompts(context.prompts, config, round_number)
+    with diffusion_autocast(config, context.device):
+        trajectory = sample_round(context.pipeline, round_prompts, groups, config, round_number, context.ranks)
+    return round_prompts, groups, trajectory
+
+
+def score(reward_fn: RewardFn, images: np.ndarray, prompts: list[str], round_number: int) -> np.ndarray:
+    raw = reward_fn(images, list(prompts))
+    rewards = np.asarray(raw, dtype=np.float64)
+    if rewards.shape != (len(prompts),):
+        raise ValueError(
+            f"reward_fn returned an array of shape {rewards.shape} for {len(prompts)} images in round "
+            f"{round_number}; it must return one reward per image, shape ({len(prompts)},)"
+        )
+    bad = np.flatnonzero(~np.isfinite(rewards))
+    if bad.size:
+        i = int(bad[0])
+        raise ValueError(
+            f"reward_fn returned a non-finite reward ({rewards[i]}) for prompt {prompts[i]!r} (image {i} of "
+            f"round {round_number}; {bad.size} of {len(prompts)} non-finite). Rewards must be finite numbers"
+        )
+    return rewards
+
+
+def score_shared(context: RoundContext, images: np.ndarray, prompts: list[str], round_number: int) -> np.ndarray:
+    """Step 2: :func:`score` with each rank scoring its chunk of the images; every rank gets all rewards."""
+    ranks = context.ranks
+    local = [score(context.reward_fn, images[chunk.start : chunk.stop], prompts[chunk.start : chunk.stop], round_number)
+             for chunk in ranks.chunks(len(prompts))]
+    return np.concatenate(ranks.gather(local))
+
+
+__all__ = [
+    "INITIAL_NOISE_STREAM", "LORA_INIT_STREAM", "POLICY_STREAM", "PROMPT_STREAM", "SAMPLING_STREAM",
+    "VALUE_INIT_STREAM", "VALUE_STREAM", "diffusion_autocast", "draw_prompts", "rollout", "sample_round", "score",
+    "score_shared", "stream_generator", "stream_seed",
+]
