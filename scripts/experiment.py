@@ -3,13 +3,13 @@
     python scripts/experiment.py NAME [--set key=value ...] [--minutes M | --rounds N] [--seed S]
                                  [--threads 1] [--out docs/experiments/runs]
 
-Starts from ``conf/base/parameters_finetune.yml`` (``finetune.rl``) and the prompt file of
-``conf/base/parameters_prompts.yml``, applies ``--set`` overrides to the RL settings (YAML values, e.g.
-``--set kl_weight=0.01 --set train_step_window=[0,0.9]``), trains on the ``train`` split with
-``train_dpok`` until the budget is spent (the round in progress finishes), then samples every prompt of
-the file (train and held-out) with the evaluation sampler of ``conf/base/parameters_pretrained.yml`` on
-its fixed seeds, with the LoRA and without it (the same noise), and scores both with the judge and the
-quality score. Writes ``<out>/<NAME>_seed<S>.json``: settings, history, per-image scores of both models.
+Starts from the project's parameters as ``kedro run`` merges them (``finetune.rl``, the shared ``sampler``,
+``pretrained_samples`` and the prompt file of ``prompts``), applies ``--set`` overrides to the RL settings
+by their dotted path under ``finetune.rl`` (YAML values, e.g. ``--set kl.weight=0.01 --set
+policy.train_step_window=[0,0.9]``; ``sampler.*`` sets the training sampler), trains on the ``train`` split with ``train_dpok`` until the budget is
+spent (the round in progress finishes), then samples every prompt of the file (train and held-out) with
+the evaluation's sampler on its fixed seeds, with the LoRA and without it (the same noise), and scores
+both with the judge and the quality score. Writes ``<out>/<NAME>_seed<S>.json``: settings, history, per-image scores of both models.
 ``scripts/experiments_table.py`` turns a folder of these into the ablation table.
 
 Two runs side by side with ``--threads 1`` each share a 2-core machine without slowing each other much.
@@ -36,37 +36,47 @@ class _BudgetSpent(Exception):
     pass
 
 
-def _settings(overrides: list[str]) -> dict:
+def _parameters() -> dict:
     from dpok.config import project_parameters
 
-    params = project_parameters(project_root=ROOT)["finetune"]["rl"]
+    return project_parameters(project_root=ROOT)
+
+
+def _settings(params: dict, overrides: list[str]) -> tuple[dict, dict]:
+    """``finetune.rl`` and ``sampler`` with the ``--set`` overrides (``sampler.*`` keys go to the sampler)."""
+    from dpok.config import with_overrides
+
+    rl, sampler = {}, {}
     for item in overrides:
         key, _, value = item.partition("=")
-        if key not in params:
-            raise SystemExit(f"--set {item}: unknown finetune.rl key {key!r}")
-        params[key] = yaml.safe_load(value)
-    return params
+        if key.startswith("sampler."):
+            sampler[key.removeprefix("sampler.")] = yaml.safe_load(value)
+        else:
+            rl[key] = yaml.safe_load(value)
+    try:
+        return (with_overrides(params["finetune"]["rl"], rl, "finetune.rl"),
+                with_overrides(params["sampler"], sampler, "sampler"))
+    except ValueError as error:
+        raise SystemExit(f"--set: {error}") from None
 
 
-def _prompt_table():
+def _prompt_table(params: dict):
     from dpok.prompts import PromptsConfig, load_prompt_table
 
-    params = yaml.safe_load((ROOT / "conf/base/parameters_prompts.yml").read_text())["prompts"]
-    params["path"] = str(ROOT / params["path"])
-    return load_prompt_table(PromptsConfig(**params))[0]
+    prompts = dict(params["prompts"], path=str(ROOT / params["prompts"]["path"]))
+    return load_prompt_table(PromptsConfig.from_dict(prompts))[0]
 
 
-def _evaluate(pipeline, table, sampling: dict, adapter: bool) -> dict[str, list[float]]:
+def _evaluate(pipeline, table, sampling, adapter: bool) -> dict[str, list[float]]:
     from dpok.evaluation import derive_seeds
     from dpok.evaluation.sampling import generate_seeded_images
     from dpok.rl.kl import reference_model
     from dpok.world import judge, quality
 
-    seeds = derive_seeds(sampling["seed"], sampling["images_per_prompt"])
+    seeds = derive_seeds(sampling.seed, sampling.images_per_prompt)
     prompts = [p for p in table["prompt"] for _ in seeds]
     all_seeds = [s for _ in table["prompt"] for s in seeds]
-    kwargs = dict(num_inference_steps=sampling["num_inference_steps"], guidance_scale=sampling["guidance_scale"],
-                  eta=sampling["eta"], batch_size=sampling["batch_size"])
+    kwargs = dict(sampling.sampler.to_dict(), batch_size=sampling.batch_size)
     if adapter:
         images = generate_seeded_images(pipeline, prompts, all_seeds, **kwargs)
     else:
@@ -75,9 +85,10 @@ def _evaluate(pipeline, table, sampling: dict, adapter: bool) -> dict[str, list[
     return {"judge": judge(images, prompts).tolist(), "quality": quality(images).tolist()}
 
 
-def _base_scores(pipeline, table, sampling: dict, out: Path) -> dict[str, list[float]]:
+def _base_scores(pipeline, table, sampling, out: Path) -> dict[str, list[float]]:
     """The base model's scores, cached in ``out`` by prompts and sampler settings (it never changes)."""
-    key = hashlib.sha256(json.dumps([table["prompt"].tolist(), sampling], sort_keys=True).encode()).hexdigest()[:12]
+    settings = dict(sampling.sampler_settings(), batch_size=sampling.batch_size)
+    key = hashlib.sha256(json.dumps([table["prompt"].tolist(), settings], sort_keys=True).encode()).hexdigest()[:12]
     cache = out / f"base_{key}.json"
     if cache.is_file():
         return json.loads(cache.read_text())
@@ -104,16 +115,19 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+    from dpok.evaluation import SamplingConfig
     from dpok.models import load_pipeline
     from dpok.rl import FinetuneConfig, train_dpok
     from dpok.world import judge
 
-    params = _settings(args.set)
-    params.update(seed=args.seed, num_rounds=args.rounds or 100_000, resume=False, checkpoint_every=100_000)
-    config = FinetuneConfig.from_dict(params)
-    table = _prompt_table()
+    params = _parameters()
+    rl, sampler = _settings(params, args.set)
+    rl["seed"] = args.seed
+    rl["runtime"].update(num_rounds=args.rounds or 100_000, resume=False, checkpoint_every=100_000)
+    config = FinetuneConfig.from_params(rl, sampler)
+    table = _prompt_table(params)
     train_prompts = table.loc[table["split"] == "train", "prompt"].tolist()
-    sampling = yaml.safe_load((ROOT / "conf/base/parameters_pretrained.yml").read_text())["pretrained"]
+    sampling = SamplingConfig.from_params(params["pretrained_samples"], params["sampler"])
     pipeline = load_pipeline(str(ROOT / "data/06_models/shapes_base"), device="cpu")
     pipeline.set_progress_bar_config(disable=True)
 
@@ -143,7 +157,7 @@ def main(argv: list[str] | None = None) -> None:
         "budget_minutes": args.minutes, "budget_rounds": args.rounds, "rounds": len(history),
         "train_seconds": train_seconds, "settings": config.to_dict(),
         "prompts": table[["prompt", "category", "split"]].to_dict(orient="list"),
-        "images_per_prompt": sampling["images_per_prompt"], "base": base, "finetuned": finetuned,
+        "images_per_prompt": sampling.images_per_prompt, "base": base, "finetuned": finetuned,
         "history": history,
     }
     out = Path(args.out)
@@ -152,7 +166,7 @@ def main(argv: list[str] | None = None) -> None:
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(result, default=float))
     tmp.replace(path)
-    split = np.repeat(np.asarray(result["prompts"]["split"]), sampling["images_per_prompt"])
+    split = np.repeat(np.asarray(result["prompts"]["split"]), sampling.images_per_prompt)
     for part in ("train", "heldout"):
         mask = split == part
         delta = np.asarray(finetuned["judge"])[mask] - np.asarray(base["judge"])[mask]

@@ -50,6 +50,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import yaml  # noqa: E402
 
+from dpok.config import merged, with_overrides  # noqa: E402
+
 # Stable Diffusion v1.5's component configs (stable-diffusion-v1-5/stable-diffusion-v1-5, */config.json).
 SD15_UNET = dict(
     sample_size=64, in_channels=4, out_channels=4, layers_per_block=2, block_out_channels=(320, 640, 1280, 1280),
@@ -92,8 +94,10 @@ TINY_MED = dict(
     max_position_embeddings=40, layer_norm_eps=1e-12, hidden_act="gelu", pad_token_id=0, add_cross_attention=True,
 )
 TINY_VISION = dict(image_size=32, patch_size=8, hidden_size=48, num_layers=2, num_heads=4)
-TINY_ROUND = dict(g_batch=2, num_inference_steps=3, p_batch=2, accum=1, p_step=4, buffer_size=16,
-                  value_batch_size=8, value_steps=1, kl_report_trajectories=1)
+TINY_ROUND = {"rollout.g_batch": 2, "policy.p_batch": 2, "policy.accum": 1, "policy.p_step": 4,
+              "policy.buffer_size": 16, "value.batch_size": 8, "value.steps": 1, "runtime.kl_report_trajectories": 1}
+TINY_SAMPLER = {"num_inference_steps": 3}
+ONE_ROUND = {"runtime.num_rounds": 1, "runtime.checkpoint_every": 1, "runtime.resume": False}
 
 PROMPT = "a green colored rabbit"
 WORDS = "a an and the of in on green colored rabbit cat dog four wolves park moon photo".split()
@@ -170,16 +174,20 @@ def build_imagereward(tiny: bool, device: torch.device):
     return ImageRewardScorer(model, tokenizer, device=device, dtype="auto", batch_size=16)
 
 
-def sd15_rl_settings(tiny: bool) -> dict[str, Any]:
-    # conf/sd15 holds only what differs from conf/base; the `rl` block is flat, so Kedro's soft merge of the
-    # two is a dict update (without importing Kedro, which the GPU machine may lack)
-    params = {}
+def sd15_settings(tiny: bool) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``finetune.rl`` and ``sampler`` as `kedro run --env sd15` merges them, for one round."""
+    # conf/sd15 holds only what differs from conf/base: merged key by key as Kedro's soft merge does
+    # (without importing Kedro, which the GPU machine may lack)
+    rl, sampler = {}, {}
     for env in ("base", "sd15"):
-        params.update(yaml.safe_load((ROOT / f"conf/{env}/parameters_finetune.yml").read_text())["finetune"]["rl"])
-    params.update(num_rounds=1, checkpoint_every=1, resume=False)
+        rl = merged(rl, yaml.safe_load((ROOT / f"conf/{env}/parameters_finetune.yml").read_text())["finetune"]["rl"])
+        sampler_file = ROOT / f"conf/{env}/parameters_sampler.yml"
+        if sampler_file.is_file():
+            sampler = merged(sampler, yaml.safe_load(sampler_file.read_text())["sampler"])
+    rl = with_overrides(rl, ONE_ROUND | (TINY_ROUND if tiny else {}), "finetune.rl")
     if tiny:
-        params.update(TINY_ROUND)
-    return params
+        sampler = with_overrides(sampler, TINY_SAMPLER, "sampler")
+    return rl, sampler
 
 
 def _all_finite(*arrays: Any) -> bool:
@@ -198,20 +206,20 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     started = time.perf_counter()
     device = torch.device(args.device)
-    rl = sd15_rl_settings(args.tiny)
+    rl, sampler = sd15_settings(args.tiny)
     if args.mixed_precision:
-        rl["mixed_precision"] = args.mixed_precision
+        rl["runtime"]["mixed_precision"] = args.mixed_precision
     dtype = getattr(torch, args.dtype)
-    autocast = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(rl["mixed_precision"])
-    steps = args.steps or rl["num_inference_steps"]
-    guidance = args.guidance if args.guidance is not None else rl["guidance_scale"]
+    autocast = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(rl["runtime"]["mixed_precision"])
+    steps = args.steps or sampler["num_inference_steps"]
+    guidance = args.guidance if args.guidance is not None else sampler["guidance_scale"]
     report: dict[str, Any] = {
         "device": str(device),
         "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
         "torch": torch.__version__,
         "tiny": args.tiny,
         "dtype": args.dtype,
-        "mixed_precision": rl["mixed_precision"],
+        "mixed_precision": rl["runtime"]["mixed_precision"],
         "batch": args.batch,
         "steps": steps,
         "guidance_scale": guidance,
@@ -279,9 +287,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     def imagereward(images: np.ndarray, prompts: list[str]) -> np.ndarray:
         return scorer.score(uint8_images_to_pixels(images), prompts).double().numpy()
 
-    for key, checkpointing in (("dpok_round", rl["gradient_checkpointing"]),
-                               ("dpok_round_other_checkpointing", not rl["gradient_checkpointing"])):
-        config = FinetuneConfig.from_dict(dict(rl, gradient_checkpointing=checkpointing))
+    for key, checkpointing in (("dpok_round", rl["runtime"]["gradient_checkpointing"]),
+                               ("dpok_round_other_checkpointing", not rl["runtime"]["gradient_checkpointing"])):
+        config = FinetuneConfig.from_params(
+            with_overrides(rl, {"runtime.gradient_checkpointing": checkpointing}, "finetune.rl"), sampler
+        )
         round_pipeline = with_fresh_unet(pipeline)
         _reset_peak(device)
         with tempfile.TemporaryDirectory() as folder:
@@ -293,18 +303,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "gradient_checkpointing": checkpointing,
             "seconds": seconds,
             **{k: row[k] for k in ("seconds_sampling", "seconds_reward", "seconds_kl_report", "seconds_buffer", "seconds_value", "seconds_policy")},
-            "images": config.g_batch,
-            "policy_steps": config.p_step,
-            "micro_batches": config.p_step * config.accum,
-            "transitions_per_policy_step": config.p_batch * config.accum,
+            "images": config.rollout.g_batch,
+            "policy_steps": config.policy.p_step,
+            "micro_batches": config.policy.p_step * config.policy.accum,
+            "transitions_per_policy_step": config.policy.p_batch * config.policy.accum,
             "skipped_steps": row["skipped_steps"],
             # with a fresh LoRA the policy is the sampler: |ρ − 1| measures the precision's noise against clip_range
             **{k: row[k] for k in ("ratio_dev", "clip_fraction", "grad_norm", "kl_bound_nats")},
-            "clip_range": config.clip_range,
+            "clip_range": config.policy.clip_range,
             "peak_memory_gib": _peak_gib(device),
             # fp16 loss scaling may skip the first steps (it starts at 2**16 and halves on overflow)
             "finite": _all_finite(row["reward_mean"], row["value_loss"], row["kl_bound_nats"])
-            and row["skipped_steps"] < config.p_step,
+            and row["skipped_steps"] < config.policy.p_step,
         }
         del round_pipeline, result
     report["finite"] = all(report[k]["finite"] for k in ("pipeline", "sampler", "imagereward", "dpok_round"))

@@ -9,9 +9,9 @@
 # An experiment is kept (DVC stores its parameters, code, metrics and outputs) as soon as it finishes,
 # so the matrix can run in parts: names already in `dvc exp list` are skipped. One arm × seed by hand:
 #   dvc exp run -n claims-rl-s0 -S conf/base/parameters_finetune.yml:finetune.rl.seed=0 \
-#     -S conf/base/parameters_finetune.yml:finetune.rl.num_rounds=25 \
-#     -S conf/base/parameters_finetune.yml:finetune.rl.kl_weight=0.0 \
-#     -S conf/base/parameters_finetune.yml:finetune.rl.use_value_function=false
+#     -S conf/base/parameters_finetune.yml:finetune.rl.runtime.num_rounds=25 \
+#     -S conf/base/parameters_finetune.yml:finetune.rl.kl.weight=0.0 \
+#     -S conf/base/parameters_finetune.yml:finetune.rl.value.enabled=false
 # Then `python scripts/paper_claims.py` collects whatever has finished into data/08_reporting/paper_claims.json
 # and docs/results.md. Runs in the workspace: commit or stash your own changes first.
 set -euo pipefail
@@ -29,8 +29,8 @@ FILE=conf/base/parameters_finetune.yml
 arm_overrides() {
   case "$1" in
     sft) echo "finetune.method=sft" ;;                                  # reward-weighted SFT, Lee et al.
-    rl) echo "finetune.rl.kl_weight=0.0 finetune.rl.use_value_function=false" ;;
-    rl_kl) echo "finetune.rl.use_value_function=false" ;;
+    rl) echo "finetune.rl.kl.weight=0.0 finetune.rl.value.enabled=false" ;;
+    rl_kl) echo "finetune.rl.value.enabled=false" ;;
     rl_kl_v) echo "" ;;                                                 # the default objective
     *) echo "unknown arm '$1' (sft, rl, rl_kl, rl_kl_v)" >&2; return 1 ;;
   esac
@@ -48,7 +48,7 @@ for seed in $SEEDS; do
   for arm in "${ARMS[@]}"; do
     name="claims-${arm}-s${seed}"
     if grep -qx "$name" <<< "$done_names"; then echo "$name: done, skipped"; continue; fi
-    args=(-S "$FILE:finetune.rl.seed=$seed" -S "$FILE:finetune.rl.num_rounds=$ROUNDS")
+    args=(-S "$FILE:finetune.rl.seed=$seed" -S "$FILE:finetune.rl.runtime.num_rounds=$ROUNDS")
     for kv in $(arm_overrides "$arm"); do args+=(-S "$FILE:$kv"); done
     git checkout -- "$FILE"   # each experiment starts from the committed defaults
     echo "== $name ($(date -u +%H:%M:%S)): ${args[*]}"

@@ -4,6 +4,7 @@ the environment for subprocesses, a copy of the project to run Kedro in, and the
 from __future__ import annotations
 
 import copy
+import functools
 import os
 import shutil
 import socket
@@ -53,6 +54,46 @@ def load_config(project_root: Path = ROOT, env: str = "local", runtime_params: d
         conf_source=str(project_root / "conf"), env=env, runtime_params=runtime_params or {}, **CONFIG_LOADER_ARGS
     )
     return {"parameters": loader["parameters"], "catalog": loader["catalog"]}
+
+
+def base_parameters(env: str = "local") -> dict:
+    """A fresh copy of the parameters ``kedro run --env ENV`` sees: the one home of every default, from
+    which the tests build their configs (with :func:`dpok.config.with_overrides`)."""
+    return copy.deepcopy(_parameters(env))
+
+
+@functools.cache
+def _parameters(env: str) -> dict:
+    return load_config(ROOT, env)["parameters"]
+
+
+SAMPLER_KEYS = ("num_inference_steps", "guidance_scale", "eta")
+
+
+def split_sampling(sampling: dict) -> tuple[dict, dict]:
+    """``(pretrained_samples, sampler)`` parameters from one mapping of both blocks' keys (tiny settings in
+    the pipeline tests); what it leaves out comes from conf/base."""
+    from dpok.config import merged
+
+    base = base_parameters()
+    sampler = merged(base["sampler"], {k: v for k, v in sampling.items() if k in SAMPLER_KEYS})
+    own = merged(base["pretrained_samples"], {k: v for k, v in sampling.items() if k not in SAMPLER_KEYS})
+    return own, sampler
+
+
+def finetune_config(overrides: dict | None = None, env: str = "local"):
+    """conf/base's ``finetune.rl`` and ``sampler`` as a :class:`dpok.rl.FinetuneConfig`, with ``{"dotted.key":
+    value}`` overrides under ``finetune.rl`` (``sampler.*`` keys set the sampler)."""
+    from dpok.config import with_overrides
+    from dpok.rl import FinetuneConfig
+
+    params = base_parameters(env)
+    overrides = dict(overrides or {})
+    sampler = {k.removeprefix("sampler."): overrides.pop(k) for k in list(overrides) if k.startswith("sampler.")}
+    return FinetuneConfig.from_params(
+        with_overrides(params["finetune"]["rl"], overrides, "finetune.rl"),
+        with_overrides(params["sampler"], sampler, "sampler"),
+    )
 
 
 def catalog_file(entry) -> str | None:

@@ -22,6 +22,7 @@ from dpok.pipelines.finetune.nodes import validate_finetune_params
 from dpok.prompts import PromptsConfig, load_prompt_table
 from dpok.rl import FinetuneConfig, train_dpok
 from dpok.rl.checkpoint import load_checkpoint
+from helpers import finetune_config
 
 TRAIN = pd.DataFrame({"prompt": ["a red circle"], "category": ["color"], "split": ["train"]})
 
@@ -122,11 +123,7 @@ def test_a_damaged_checkpoint_names_the_folder_and_what_to_do(tiny_pipeline, tmp
 
 
 def _config(rounds: int) -> FinetuneConfig:
-    return FinetuneConfig(
-        num_rounds=rounds, g_batch=4, num_inference_steps=3, p_batch=4, accum=1, p_step=1, buffer_size=32,
-        value_batch_size=8, value_steps=1, kl_report_trajectories=0, checkpoint_every=1,
-        value_features="latent",
-    )
+    return finetune_config({"runtime.num_rounds": rounds, "rollout.g_batch": 4, "sampler.num_inference_steps": 3, "policy.p_batch": 4, "policy.accum": 1, "policy.p_step": 1, "policy.buffer_size": 32, "value.batch_size": 8, "value.steps": 1, "runtime.kl_report_trajectories": 0, "runtime.checkpoint_every": 1, "value.features": "latent"})
 
 
 def _train(pipeline, tmp_path: Path, rounds: int, reward=None):

@@ -19,16 +19,16 @@ run() {  # NAME SEED OVERRIDES...
 # the value function on the latent, every step alike, α/β = 10/0.01 (official single-prompt ratio 1000);
 # the learning rate, LoRA targets and clip width stay the shapes world's (SD's 1e-5 and 1e-4 move nothing
 # in minutes on this model).
-PAPER="--set reward_normalisation=none --set trajectories_per_prompt=1 --set share_initial_noise=false \
---set value_features=latent --set value_shrinkage=false --set step_weighting=none --set reward_weight=10 \
---set kl_weight=0.01"
+PAPER="--set advantage.normalisation=none --set rollout.trajectories_per_prompt=1 --set rollout.share_initial_noise=false \
+--set value.features=latent --set value.shrinkage=false --set policy.step_weighting=none --set advantage.reward_weight=10 \
+--set kl.weight=0.01"
 ARMS=(
   "default|"
-  "no_value_function|--set use_value_function=false"
-  "value_on_latent|--set value_features=latent"
-  "no_groups|--set reward_normalisation=per_prompt --set share_initial_noise=false"
-  "no_step_weighting|--set step_weighting=none"
-  "early_window|--set train_step_window=[0,0.9]"
+  "no_value_function|--set value.enabled=false"
+  "value_on_latent|--set value.features=latent"
+  "no_groups|--set advantage.normalisation=per_prompt --set rollout.share_initial_noise=false"
+  "no_step_weighting|--set policy.step_weighting=none"
+  "early_window|--set policy.train_step_window=[0,0.9]"
   "paper|$PAPER"
 )
 for arm in "${ARMS[@]}"; do

@@ -12,6 +12,6 @@ run() {  # NAME SEED OVERRIDES...
   .venv/bin/python scripts/experiment.py "$name" --rounds 75 --seed "$seed" --threads 1 --out "$OUT" "$@" \
     > "$OUT/${name}_seed${seed}.log" 2>&1
 }
-run lr2x 0 --set learning_rate=2.0e-3
-run lr2x 1 --set learning_rate=2.0e-3
+run lr2x 0 --set policy.learning_rate=2.0e-3
+run lr2x 1 --set policy.learning_rate=2.0e-3
 run default 1

@@ -11,11 +11,11 @@ for seed in 0 1; do
   pids=()
   if [ ! -f "$OUT/pstep8_seed${seed}.json" ]; then
     .venv/bin/python scripts/experiment.py pstep8 --minutes 19.4 --seed "$seed" --threads 1 --out "$OUT" \
-      --set p_step=8 > "/tmp/pstep8_seed${seed}.log" 2>&1 & pids+=($!)
+      --set policy.p_step=8 > "/tmp/pstep8_seed${seed}.log" 2>&1 & pids+=($!)
   fi
   if [ ! -f "$OUT/pstep4_lr2x_seed${seed}.json" ]; then
     .venv/bin/python scripts/experiment.py pstep4_lr2x --minutes 19.4 --seed "$seed" --threads 1 --out "$OUT" \
-      --set p_step=4 --set learning_rate=2.0e-3 > "/tmp/pstep4_lr2x_seed${seed}.log" 2>&1 & pids+=($!)
+      --set policy.p_step=4 --set policy.learning_rate=2.0e-3 > "/tmp/pstep4_lr2x_seed${seed}.log" 2>&1 & pids+=($!)
   fi
   for pid in "${pids[@]}"; do wait "$pid"; done
 done

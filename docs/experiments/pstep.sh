@@ -10,13 +10,13 @@ mkdir -p "$OUT"
 for seed in 0 1; do
   [ -f "$OUT/pstep4_seed${seed}.json" ] && continue
   .venv/bin/python scripts/experiment.py pstep4 --minutes 19.4 --seed "$seed" --threads 1 --out "$OUT" \
-    --set p_step=4 > "$OUT/pstep4_seed${seed}.log" 2>&1 &
+    --set policy.p_step=4 > "$OUT/pstep4_seed${seed}.log" 2>&1 &
 done
 wait
 # Third seed: p_step 4 and the default side by side under the same conditions and wall budget.
 if [ ! -f "$OUT/pstep4_seed2.json" ] || [ ! -f "$OUT/default_wall_seed2.json" ]; then
   .venv/bin/python scripts/experiment.py pstep4 --minutes 19.4 --seed 2 --threads 1 --out "$OUT" \
-    --set p_step=4 > "$OUT/pstep4_seed2.log" 2>&1 &
+    --set policy.p_step=4 > "$OUT/pstep4_seed2.log" 2>&1 &
   .venv/bin/python scripts/experiment.py default_wall --minutes 19.4 --seed 2 --threads 1 --out "$OUT" \
     > "$OUT/default_wall_seed2.log" 2>&1 &
   wait

@@ -10,6 +10,6 @@ mkdir -p "$OUT"
 for seed in 0 1; do
   [ -f "$OUT/shrinkage_seed${seed}.json" ] && continue
   .venv/bin/python scripts/experiment.py shrinkage --minutes 19.4 --seed "$seed" --threads 1 --out "$OUT" \
-    --set p_step=4 --set learning_rate=1.0e-3 --set value_shrinkage=true > "/tmp/shrinkage_seed${seed}.log" 2>&1 &
+    --set policy.p_step=4 --set policy.learning_rate=1.0e-3 --set value.shrinkage=true > "/tmp/shrinkage_seed${seed}.log" 2>&1 &
 done
 wait

@@ -22,13 +22,13 @@ measures:
   (``scripts/bench_trl.py`` creates ``.bench/trl`` and runs there; TRL is never a project dependency);
   ``dpok_round_over_trl_epoch`` = our median round / its median epoch. Needs network access once.
 
-``--set`` overrides ``finetune.rl`` keys (YAML values), e.g. DDPO's objective for an engine-to-engine
-comparison: ``--set kl_weight=0 --set use_value_function=false --set kl_report_trajectories=0
---set "lora_target_modules=[to_q,to_k,to_v,to_out.0]"``.
+``--set`` overrides ``finetune.rl`` keys by their dotted path (``sampler.*`` the shared sampler; YAML
+values), e.g. DDPO's objective for an engine-to-engine comparison: ``--set kl.weight=0 --set
+value.enabled=false --set runtime.kl_report_trajectories=0 --set "lora.target_modules=[to_q,to_k,to_v,to_out.0]"``.
 
 ``--sampler-only`` measures ``sampler`` (and the peak memory) alone, without DPOK rounds, and writes
 ``data/08_reporting/bench_sampler.json`` unless ``--out`` says otherwise; e.g. another model and batch
-size: ``python -m dpok.bench --sampler-only --model PIPELINE_FOLDER --set g_batch=32 --repeats 7``.
+size: ``python -m dpok.bench --sampler-only --model PIPELINE_FOLDER --set rollout.g_batch=32 --repeats 7``.
 """
 
 from __future__ import annotations
@@ -68,25 +68,26 @@ def _synchronised(call, device):
 
 def setting(env: str, overrides: list[str] = ()) -> dict[str, Any]:
     """The model folder, training prompts, reward and RL config of ``kedro run --env ENV`` (``overrides``:
-    ``key=value`` of ``finetune.rl``, values in YAML)."""
+    ``dotted.key=value`` under ``finetune.rl``, or ``sampler.KEY=value``, values in YAML)."""
     import yaml
 
-    from dpok.config import project_config
+    from dpok.config import project_config, with_overrides
     from dpok.pipelines.finetune.nodes import FinetuneRunConfig
     from dpok.prompts import PromptsConfig, load_prompt_table
-    from dpok.rl import FinetuneConfig
 
     params = project_config("parameters", env)
-    for override in overrides:
-        key, _, value = override.partition("=")
-        params["finetune"]["rl"][key.strip()] = yaml.safe_load(value)
-    run = FinetuneRunConfig.from_dict(params["finetune"])
+    values = {key.strip(): yaml.safe_load(value) for key, _, value in (o.partition("=") for o in overrides)}
+    sampler = {k.removeprefix("sampler."): v for k, v in values.items() if k.startswith("sampler.")}
+    rl = {k: v for k, v in values.items() if not k.startswith("sampler.")}
+    params["finetune"]["rl"] = with_overrides(params["finetune"]["rl"], rl, "finetune.rl")
+    params["sampler"] = with_overrides(params["sampler"], sampler, "sampler")
+    run = FinetuneRunConfig.from_params(params["finetune"], params["sampler"])
     table, _ = load_prompt_table(PromptsConfig.from_dict(params["prompts"]), root=ROOT)
     return {
         "model": str(ROOT / project_config("catalog", env)["base_model"]["path"]),
         "prompts": table.loc[table["split"] == run.train_split, "prompt"].tolist(),
         "run": run,
-        "rl": FinetuneConfig.from_dict(run.rl),
+        "rl": run.rl,
     }
 
 
@@ -98,18 +99,18 @@ def bench_sampler(pipeline, prompts: list[str], config, repeats: int, warmup: in
     from dpok.rl import sample_trajectories
 
     device = pipeline.unet.device
-    batch = [prompts[i % len(prompts)] for i in range(config.g_batch)]
+    batch = [prompts[i % len(prompts)] for i in range(config.rollout.g_batch)]
 
     def generators():
         return [torch.Generator().manual_seed(i) for i in range(len(batch))]
 
     def stock():
-        pipeline(batch, num_inference_steps=config.num_inference_steps, guidance_scale=config.guidance_scale,
-                 eta=config.eta, generator=generators(), output_type="np")
+        pipeline(batch, num_inference_steps=config.sampler.num_inference_steps, guidance_scale=config.sampler.guidance_scale,
+                 eta=config.sampler.eta, generator=generators(), output_type="np")
 
     def ours():
-        sample_trajectories(pipeline, batch, num_inference_steps=config.num_inference_steps,
-                            guidance_scale=config.guidance_scale, eta=config.eta, generator=generators())
+        sample_trajectories(pipeline, batch, num_inference_steps=config.sampler.num_inference_steps,
+                            guidance_scale=config.sampler.guidance_scale, eta=config.sampler.eta, generator=generators())
 
     stock, ours = _synchronised(stock, device), _synchronised(ours, device)
     with torch.no_grad():
@@ -135,19 +136,19 @@ def bench_round(pipeline, prompts: list[str], reward_fn, config, rounds: int) ->
 
     from dpok.rl import train_dpok
 
-    config = replace(config, num_rounds=rounds, checkpoint_every=rounds, resume=False)
+    config = replace(config, runtime=replace(config.runtime, num_rounds=rounds, checkpoint_every=rounds, resume=False))
     with tempfile.TemporaryDirectory() as checkpoints:
         history = train_dpok(pipeline, prompts, reward_fn, config, checkpoints, progress=False).history
     timed = history[1:] or history
     phases = {phase: statistics.median(row[f"seconds_{phase}"] for row in timed) for phase in PHASES}
     total = statistics.median(sum(row[f"seconds_{phase}"] for phase in PHASES) for row in timed)
-    transitions = config.p_step * config.accum * config.p_batch
+    transitions = config.policy.p_step * config.policy.accum * config.policy.p_batch
     return {
         "rounds": rounds,
         "round_seconds": total,
         "phase_seconds": phases,
         "policy_transitions_per_round": transitions,
-        "policy_steps_per_round": config.p_step,
+        "policy_steps_per_round": config.policy.p_step,
         "policy_transitions_per_second": transitions / phases["policy"],
         "first_round_seconds": sum(history[0][f"seconds_{phase}"] for phase in PHASES),
     }
@@ -168,11 +169,11 @@ def bench_trl(setup: dict[str, Any], rounds: int, threads: int) -> dict[str, Any
         out = Path(folder) / "trl.json"
         request = {
             "model": setup["model"], "prompts": setup["prompts"], "epochs": rounds, "threads": threads,
-            "g_batch": config.g_batch, "steps": config.num_inference_steps, "guidance_scale": config.guidance_scale,
-            "eta": config.eta, "learning_rate": config.learning_rate, "clip_range": config.clip_range,
-            "max_grad_norm": config.max_grad_norm,
-            "transitions": config.p_step * config.accum * config.p_batch,
-            "transitions_per_step": config.accum * config.p_batch, "seed": config.seed, "out": str(out),
+            "g_batch": config.rollout.g_batch, "steps": config.sampler.num_inference_steps, "guidance_scale": config.sampler.guidance_scale,
+            "eta": config.sampler.eta, "learning_rate": config.policy.learning_rate, "clip_range": config.policy.clip_range,
+            "max_grad_norm": config.policy.max_grad_norm,
+            "transitions": config.policy.p_step * config.policy.accum * config.policy.p_batch,
+            "transitions_per_step": config.policy.accum * config.policy.p_batch, "seed": config.seed, "out": str(out),
         }
         (Path(folder) / "request.json").write_text(json.dumps(request))
         subprocess.run([sys.executable, str(ROOT / "scripts/bench_trl.py"), str(Path(folder) / "request.json")],

@@ -12,6 +12,7 @@ its :data:`CONFIG_LOADER_ARGS` from here.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import typing
@@ -166,10 +167,11 @@ def from_mapping(cls: type[T], params: Mapping[str, Any] | None, block: str, **g
     """``cls(**params)``, building nested dataclass fields from their sub-mappings, after refusing keys the
     dataclass does not have and naming required ones that are missing, both as ``block.key``.
 
-    ``given`` supplies fields that do not come from this block (e.g. the shared sampler) as built objects.
+    ``given`` supplies fields as built objects, in place of the block's own (e.g. the shared sampler, or a
+    nested block built with more context).
     """
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
-    values = check_keys(params, set(fields) - set(given), block)
+    values = {k: v for k, v in check_keys(params, set(fields), block).items() if k not in given}
     for name, value in list(values.items()):
         nested = _nested_dataclass(cls, name)
         if nested is not None and not dataclasses.is_dataclass(value):
@@ -195,6 +197,24 @@ def merged(base: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, A
             result[key] = merged(result[key], value)
         else:
             result[key] = value
+    return result
+
+
+def with_overrides(params: Mapping[str, Any], overrides: Mapping[str, Any], block: str) -> dict[str, Any]:
+    """A copy of ``params`` with ``{"dotted.key": value}`` set, refusing a key path ``params`` lacks (a typo
+    would otherwise be ignored, or only caught as an unknown key far from the command that set it)."""
+    result = copy.deepcopy(dict(params))
+    for dotted, value in overrides.items():
+        node, parts = result, dotted.split(".")
+        for depth, part in enumerate(parts):
+            if not isinstance(node, dict) or part not in node:
+                where = ".".join(parts[:depth]) or "the top level"
+                known = sorted(node) if isinstance(node, dict) else []
+                raise ValueError(f"unknown setting {block}.{dotted}: no key {part!r} under {where}; known: {known}")
+            if depth == len(parts) - 1:
+                node[part] = value
+            else:
+                node = node[part]
     return result
 
 

@@ -60,7 +60,7 @@ class RunSummaryHook:
         env = run_params.get("env")
         flag = f" --env {env}" if env and env != "local" else ""
         next_command = None if evaluated else (
-            f"kedro run{flag} --pipelines pretrained && kedro run{flag} --pipelines evaluate"
+            f"kedro run{flag} --pipelines pretrained_samples && kedro run{flag} --pipelines evaluate"
         )
         # Printed, not logged: a log handler would wrap the paths and prefix every line.
         print("\n" + run_summary(catalog.load("finetune_history"), paths, next_command), flush=True)

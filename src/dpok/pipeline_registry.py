@@ -1,7 +1,9 @@
 """Project pipelines: every folder of ``dpok.pipelines`` is found by ``find_pipelines``.
 
-``__default__`` chains prompts → pretrained → finetune → evaluate. ``pretrain`` (which retrains the
-shipped base model, ~40 minutes on a CPU) is only run when asked for by name.
+``__default__`` chains prompts → pretrained_samples → finetune → evaluate. ``pretrain`` (which retrains
+the shipped base model, ~40 minutes on a CPU) is only run when asked for by name. ``pretrained`` is the
+old name of ``pretrained_samples`` (the base model's evaluation samples), kept as an alias for a while
+(``dpok.pipelines.pretrained``).
 """
 
 from __future__ import annotations
@@ -9,7 +11,7 @@ from __future__ import annotations
 from kedro.framework.project import find_pipelines
 from kedro.pipeline import Pipeline
 
-DEFAULT_PIPELINES = ("prompts", "pretrained", "finetune", "evaluate")
+DEFAULT_PIPELINES = ("prompts", "pretrained_samples", "finetune", "evaluate")
 
 
 def register_pipelines() -> dict[str, Pipeline]:

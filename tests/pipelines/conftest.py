@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import yaml
 
-from helpers import XSS_PROMPT, load_config, local_entry
+from dpok.config import merged
+from helpers import XSS_PROMPT, load_config, local_entry, split_sampling
 
 # Tiny-model words only (dpok.models.build_tiny_pipeline), plus the escaping case.
 EVAL_PROMPTS_CSV = f"""prompt,category,split
@@ -17,6 +18,8 @@ a green cat,color,heldout
 "{XSS_PROMPT}",location,heldout
 """
 
+# `pretrained_samples` and `sampler` settings for the tiny model in one mapping (helpers.split_sampling
+# puts the sampler's keys in `params:sampler`).
 TINY_SAMPLING = {
     "images_per_prompt": 4,
     "seed": 0,
@@ -53,11 +56,13 @@ def make_evaluation_catalog(project_root: Path, root: Path, sampling: dict | Non
     catalog = DataCatalog.from_config({name: local_entry(resolved[name], root) for name in names})
     prompt_file = root / "prompts.csv"
     prompt_file.write_text(EVAL_PROMPTS_CSV)
+    base = load_config(project_root)["parameters"]
     catalog["params:prompts"] = {"path": str(prompt_file), "max_chars": 300, "heldout_fraction": 0.0}
-    catalog["params:pretrained"] = dict(sampling or TINY_SAMPLING)
-    catalog["params:evaluate"] = {"bootstrap_resamples": 200, "grid_max_prompts": 4, "grid_seeds": 2}
-    catalog["params:human_eval"] = {"seed": 3, "pairs_per_prompt": 2}
-    catalog["params:human_eval_import"] = {"confidence": 0.95}
+    catalog["params:pretrained_samples"], catalog["params:sampler"] = split_sampling(sampling or TINY_SAMPLING)
+    catalog["params:evaluate"] = merged(base["evaluate"], {"bootstrap_resamples": 200, "grid_max_prompts": 4,
+                                                           "grid_seeds": 2})
+    catalog["params:human_eval"] = merged(base["human_eval"], {"seed": 3, "pairs_per_prompt": 2})
+    catalog["params:human_eval_import"] = merged(base["human_eval_import"], {"confidence": 0.95})
     return catalog
 
 
@@ -114,6 +119,6 @@ def tiny_lora(tmp_path_factory):
 
 @pytest.fixture
 def tiny_sampling() -> dict:
-    """The ``pretrained`` parameters used with the tiny model."""
+    """The ``pretrained_samples`` and ``sampler`` parameters used with the tiny model, in one mapping."""
     register_test_rewards()
     return dict(TINY_SAMPLING)

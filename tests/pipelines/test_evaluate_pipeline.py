@@ -16,9 +16,9 @@ from dpok.evaluation import bootstrap_mean_ci
 from dpok.evaluation.history import learning_curves
 from dpok.evaluation.metrics import _group_seed
 from dpok.pipelines.evaluate import create_pipeline as evaluate_pipeline
-from dpok.pipelines.pretrained import create_pipeline as pretrained_pipeline
+from dpok.pipelines.pretrained_samples import create_pipeline as pretrained_pipeline
 
-from helpers import XSS_PROMPT
+from helpers import XSS_PROMPT, split_sampling
 HISTORY = pd.DataFrame({
     "round": range(1, 6), "reward_mean": [0.1, 0.2, 0.3, 0.35, 0.4], "reward_std": 0.1, "reward_min": 0.0,
     "reward_max": 1.0, "kl_bound_nats": [0.0, 0.01, 0.02, 0.03, 0.04], "policy_loss": [0.5, 0.4, 0.3, 0.2, 0.1],
@@ -127,10 +127,14 @@ def test_stale_base_model_samples_are_refused(runs, tiny_base_model, tiny_lora, 
     _, _, catalog = runs
     args = (tiny_base_model, tiny_lora(0.0), catalog.load("pretrained_manifest"),
             catalog.load("pretrained_sampling_summary"))
-    with pytest.raises(ValueError, match=r"num_inference_steps: 3 → 5.*kedro run --pipelines pretrained"):
-        sample_finetuned_images(*args, {**tiny_sampling, "num_inference_steps": 5})
-    with pytest.raises(ValueError, match=r"scored with .* but `pretrained` now lists"):
-        sample_finetuned_images(*args, {**tiny_sampling, "quality": []})
+    with pytest.raises(ValueError, match=r"num_inference_steps: 3 → 5.*kedro run --pipelines pretrained_samples"):
+        sample_finetuned_images(*args, *split_sampling({**tiny_sampling, "num_inference_steps": 5}))
+    with pytest.raises(ValueError, match=r"scored with .* but `pretrained_samples` now lists"):
+        sample_finetuned_images(*args, *split_sampling({**tiny_sampling, "quality": []}))
+    # an evaluation that differs from training says so: the override reaches the sampler
+    own, sampler = split_sampling(tiny_sampling)
+    with pytest.raises(ValueError, match=r"guidance_scale: 3.0 → 1.0"):
+        sample_finetuned_images(*args, {**own, "sampler_overrides": {"guidance_scale": 1.0}}, sampler)
 
 
 def _shapes_sized_model(project_root):
@@ -165,31 +169,29 @@ def _shapes_sized_model(project_root):
 def test_evaluate_spends_at_most_20_percent_outside_sampling_on_default_settings(
     project_root, tmp_path, evaluation_catalog, request
 ):
-    """The issue's budget, measured: default `pretrained`/`evaluate`/`human_eval` parameters, the
+    """The issue's budget, measured: default `pretrained_samples`/`evaluate`/`human_eval` parameters, the
     shapes evaluation prompts, the shapes rewards, a base-model-sized network with a LoRA on every
     layer the finetune default targets. About 2 minutes on one CPU thread: runs only when slow tests
     are asked for (`pytest -m slow`)."""
     if "slow" not in (request.config.getoption("markexpr") or ""):
         pytest.skip("a 2-minute benchmark: run it with `pytest -m slow`")
     import torch
-    import yaml
 
+    from dpok.config import project_parameters
     from dpok.models import attach_lora, save_lora
-    from dpok.rl.config import SHAPES_LORA_TARGETS
 
-    conf = project_root / "conf/base"
-    params = {name: yaml.safe_load((conf / f"parameters_{name}.yml").read_text())
-              for name in ("pretrained", "evaluate", "prompts")}
-    catalog = evaluation_catalog(tmp_path, params["pretrained"]["pretrained"])
-    prompts = params["prompts"]["prompts"]
+    params = project_parameters(project_root=project_root)
+    catalog = evaluation_catalog(tmp_path, {**params["pretrained_samples"], **params["sampler"]})
+    prompts = params["prompts"]
     catalog["params:prompts"] = {**prompts, "path": str(project_root / prompts["path"])}
     for key in ("evaluate", "human_eval"):
-        catalog[f"params:{key}"] = params["evaluate"][key]
+        catalog[f"params:{key}"] = params[key]
+    targets = params["finetune"]["rl"]["lora"]["target_modules"]
     catalog["base_model"] = _shapes_sized_model(project_root)
     SequentialRunner().run(pretrained_pipeline(), catalog)
 
     tuned = _shapes_sized_model(project_root)
-    attach_lora(tuned.unet, rank=4, alpha=4.0, target_modules=SHAPES_LORA_TARGETS)
+    attach_lora(tuned.unet, rank=4, alpha=4.0, target_modules=targets)
     with torch.no_grad():
         for name, weight in tuned.unet.named_parameters():
             if "lora_B" in name:

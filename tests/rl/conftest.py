@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from dpok.rl import FinetuneConfig
+from helpers import finetune_config
 
 PROMPTS = ["a red circle", "a blue square", "a green circle on the left"]
 
@@ -53,39 +54,41 @@ def prompts() -> list[str]:
     return list(PROMPTS)
 
 
+# A config small enough for a round to take a fraction of a second, with the paper's objective (raw
+# rewards, independent trajectories, V on the latent, steps alike), which most trainer tests check
+# against; tests of the other options set them. Everything not listed comes from conf/base.
+SMALL = {
+    "seed": 0,
+    "sampler.num_inference_steps": 4,
+    "rollout.g_batch": 4,
+    "rollout.trajectories_per_prompt": 1,
+    "rollout.share_initial_noise": False,
+    "policy.p_batch": 8,
+    "policy.accum": 2,
+    "policy.p_step": 2,
+    "policy.buffer_size": 64,
+    "policy.step_weighting": "none",
+    "value.batch_size": 16,
+    "value.steps": 2,
+    "value.features": "latent",
+    "value.shrinkage": False,
+    "value.learning_rate": 1e-4,
+    "advantage.normalisation": "none",
+    "advantage.reward_weight": 10.0,
+    "advantage.per_prompt_min_count": 8,
+    "advantage.per_prompt_scale": "prompt",
+    "runtime.num_rounds": 3,
+    "runtime.kl_report_trajectories": 2,
+    "runtime.checkpoint_every": 1,
+    "runtime.keep_last_checkpoints": 2,
+}
+
+
 @pytest.fixture
 def small_config():
-    """Factory of a FinetuneConfig small enough for a round to take a fraction of a second."""
+    """``make(overrides) -> FinetuneConfig``: :data:`SMALL` with ``{"dotted.key": value}`` overrides."""
 
-    def make(**overrides) -> FinetuneConfig:
-        params = dict(
-            seed=0,
-            num_rounds=3,
-            g_batch=4,
-            num_inference_steps=4,
-            p_batch=8,
-            accum=2,
-            p_step=2,
-            buffer_size=64,
-            value_batch_size=16,
-            value_steps=2,
-            kl_report_trajectories=2,
-            checkpoint_every=1,
-            keep_last_checkpoints=2,
-            # The paper's objective (raw rewards, independent trajectories, V on the latent, steps alike),
-            # which most trainer tests check against; tests of the other options set them.
-            trajectories_per_prompt=1,
-            share_initial_noise=False,
-            reward_normalisation="none",
-            value_features="latent",
-            value_shrinkage=False,
-            step_weighting="none",
-            reward_weight=10.0,
-            value_learning_rate=1e-4,
-            per_prompt_min_count=8,
-            per_prompt_scale="prompt",
-        )
-        params.update(overrides)
-        return FinetuneConfig(**params)
+    def make(overrides: dict | None = None) -> FinetuneConfig:
+        return finetune_config({**SMALL, **(overrides or {})})
 
     return make

@@ -19,10 +19,13 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 
-from dpok.models import load_pipeline
-from dpok.models.lora import lora_state_dict
-from dpok.rl import FinetuneConfig, train_dpok
-from dpok.rl.distributed import Ranks, start_ranks
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: helpers
+
+from dpok.models import load_pipeline  # noqa: E402
+from dpok.models.lora import lora_state_dict  # noqa: E402
+from dpok.rl import FinetuneConfig, train_dpok  # noqa: E402
+from dpok.rl.distributed import Ranks, start_ranks  # noqa: E402
+from helpers import finetune_config  # noqa: E402
 
 PROMPTS = ["a red circle", "a blue square", "a green circle on the left"]
 
@@ -34,13 +37,7 @@ def brightness(images: np.ndarray, prompts: list[str]) -> np.ndarray:
 def config(rounds: int) -> FinetuneConfig:
     """Groups sharing x_T, group-relative rewards and V_φ on x̂_0 and its reward: every shared path runs.
     The chunk sizes are those two processes use by default, so one process computes the same pieces."""
-    return FinetuneConfig(
-        seed=3, num_rounds=rounds, g_batch=8, trajectories_per_prompt=2, num_inference_steps=4, p_batch=8,
-        accum=2, p_step=2, buffer_size=64, value_batch_size=8, value_steps=2, kl_report_trajectories=3,
-        checkpoint_every=1, keep_last_checkpoints=2, learning_rate=1e-2,
-        # Two processes compute 4-row pieces by default; one process computes the same pieces with these.
-        sample_batch_size=4, update_batch_size=4,
-    )
+    return finetune_config({"seed": 3, "runtime.num_rounds": rounds, "rollout.g_batch": 8, "rollout.trajectories_per_prompt": 2, "sampler.num_inference_steps": 4, "policy.p_batch": 8, "policy.accum": 2, "policy.p_step": 2, "policy.buffer_size": 64, "value.batch_size": 8, "value.steps": 2, "runtime.kl_report_trajectories": 3, "runtime.checkpoint_every": 1, "runtime.keep_last_checkpoints": 2, "policy.learning_rate": 1e-2, "runtime.sample_batch_size": 4, "runtime.update_batch_size": 4})
 
 
 def main(argv: list[str] | None = None) -> None:

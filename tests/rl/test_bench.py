@@ -14,7 +14,7 @@ from helpers import OFFLINE_ENV, ROOT
 
 
 def test_sampler_and_round_measurements_on_a_tiny_pipeline(make_pipeline, prompts, reward_fn, small_config):
-    config = small_config(g_batch=4, p_step=2, accum=2, p_batch=8)
+    config = small_config({"rollout.g_batch": 4, "policy.p_step": 2, "policy.accum": 2, "policy.p_batch": 8})
     sampler = bench_sampler(make_pipeline(), prompts, config, repeats=2)
     assert sampler["images"] == 4 and sampler["stock_seconds"] > 0 and sampler["sampler_seconds"] > 0
     assert sampler["ratio"] == pytest.approx(sampler["sampler_seconds"] / sampler["stock_seconds"])

@@ -5,7 +5,6 @@ import torch
 
 from dpok.models import attach_lora, build_ddim_scheduler
 from dpok.rl import (
-    SHAPES_LORA_TARGETS,
     eps_mse,
     gaussian_kl,
     reference_model,
@@ -13,6 +12,10 @@ from dpok.rl import (
     step_kl,
     trajectory_kl_bound,
 )
+from helpers import base_parameters
+
+# The modules the shapes-world default trains (conf/base).
+LORA_TARGETS = base_parameters()["finetune"]["rl"]["lora"]["target_modules"]
 
 
 def test_gaussian_kl_equals_torch_distributions_summed():
@@ -55,7 +58,7 @@ def _lora_b(unet):
 
 def test_kl_bound_is_zero_for_a_fresh_adapter_and_positive_after_perturbing_it(tiny_pipeline):
     unet = tiny_pipeline.unet
-    attach_lora(unet, 4, 4, SHAPES_LORA_TARGETS)
+    attach_lora(unet, 4, 4, LORA_TARGETS)
     sample = dict(num_inference_steps=5, guidance_scale=3.0)
     prompts = ["a red circle", "a blue dog"]
     trajectory = sample_trajectories(tiny_pipeline, prompts, generator=torch.Generator().manual_seed(0), **sample)
@@ -82,7 +85,7 @@ def test_reference_model_is_the_pretrained_unet_and_restores_the_adapter(tiny_pi
     x, t, e = torch.randn(2, 4, 4, 4), torch.tensor([900, 100]), torch.randn(2, 12, 32)
     with torch.no_grad():
         pretrained = unet(x, t, encoder_hidden_states=e).sample
-    params = attach_lora(unet, 4, 4, SHAPES_LORA_TARGETS)
+    params = attach_lora(unet, 4, 4, LORA_TARGETS)
     with torch.no_grad():
         for p in _lora_b(unet):
             p.add_(0.1)

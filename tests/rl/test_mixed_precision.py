@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from dpok.rl import FinetuneConfig, train_dpok
+from dpok.rl import train_dpok
+from helpers import finetune_config
 
 
 def _record_unet_output_dtypes(unet) -> list[torch.dtype]:
@@ -20,7 +21,7 @@ def _train(pipeline, prompts, reward_fn, config, folder):
 def test_no_mixed_precision_runs_the_unet_in_float32(make_pipeline, prompts, reward_fn, small_config, tmp_path):
     pipeline = make_pipeline()
     seen = _record_unet_output_dtypes(pipeline.unet)
-    result = _train(pipeline, prompts, reward_fn, small_config(num_rounds=1), tmp_path)
+    result = _train(pipeline, prompts, reward_fn, small_config({"runtime.num_rounds": 1}), tmp_path)
     assert seen and set(seen) == {torch.float32}
     assert all(v.dtype == torch.float32 for v in result.lora_state.values())
 
@@ -31,7 +32,7 @@ def test_mixed_precision_autocasts_the_unet_and_keeps_lora_and_value_in_float32(
 ):
     pipeline = make_pipeline()
     seen = _record_unet_output_dtypes(pipeline.unet)
-    result = _train(pipeline, prompts, reward_fn, small_config(num_rounds=2, mixed_precision=mode), tmp_path)
+    result = _train(pipeline, prompts, reward_fn, small_config({"runtime.num_rounds": 2, "runtime.mixed_precision": mode}), tmp_path)
     # sampling, the KL report and the policy steps all ran the UNet under autocast
     assert seen and set(seen) == {dtype}
     assert all(v.dtype == torch.float32 for v in result.lora_state.values())
@@ -60,7 +61,7 @@ def test_fp16_scales_the_loss_and_unscales_before_clipping(
             return super().step(optimizer, *args, **kwargs)
 
     monkeypatch.setattr(torch.amp, "GradScaler", SpyScaler)
-    config = small_config(num_rounds=1, mixed_precision="fp16", p_step=2, accum=2)
+    config = small_config({"runtime.num_rounds": 1, "runtime.mixed_precision": "fp16", "policy.p_step": 2, "policy.accum": 2})
     result = _train(make_pipeline(), prompts, reward_fn, config, tmp_path)
     skipped = result.history[0]["skipped_steps"]
     # per policy step: one scaled backward per micro-batch, unscale before the norm, then step (unless skipped)
@@ -69,7 +70,7 @@ def test_fp16_scales_the_loss_and_unscales_before_clipping(
 
 def test_a_half_precision_unet_trains_a_float32_lora(make_pipeline, prompts, reward_fn, small_config, tmp_path):
     pipeline = make_pipeline().to(dtype=torch.bfloat16)
-    result = _train(pipeline, prompts, reward_fn, small_config(num_rounds=2, mixed_precision="bf16"), tmp_path)
+    result = _train(pipeline, prompts, reward_fn, small_config({"runtime.num_rounds": 2, "runtime.mixed_precision": "bf16"}), tmp_path)
     lora = {n: p for n, p in pipeline.unet.named_parameters() if "lora_" in n}
     assert lora and {p.dtype for p in lora.values()} == {torch.float32}
     assert {p.dtype for n, p in pipeline.unet.named_parameters() if "lora_" not in n} == {torch.bfloat16}
@@ -86,7 +87,7 @@ def test_gradient_checkpointing_recomputes_and_gives_the_same_update(
         counter = []
         # a pre-hook: the recomputation stops early, before a forward hook would run
         pipeline.unet.down_blocks[0].resnets[0].register_forward_pre_hook(lambda *args: counter.append(1))
-        config = small_config(num_rounds=1, gradient_checkpointing=checkpointing)
+        config = small_config({"runtime.num_rounds": 1, "runtime.gradient_checkpointing": checkpointing})
         results[checkpointing] = _train(pipeline, prompts, reward_fn, config, tmp_path / str(checkpointing))
         forward_calls[checkpointing] = len(counter)
         assert pipeline.unet.is_gradient_checkpointing is checkpointing
@@ -99,17 +100,18 @@ def test_gradient_checkpointing_recomputes_and_gives_the_same_update(
 def test_precision_settings_are_validated_and_may_change_on_resume(
     make_pipeline, prompts, reward_fn, small_config, tmp_path
 ):
-    assert FinetuneConfig().mixed_precision == "no" and FinetuneConfig().gradient_checkpointing is False
-    with pytest.raises(ValueError, match="finetune.rl.mixed_precision must be one of"):
-        FinetuneConfig(mixed_precision="fp8")
+    runtime = finetune_config().runtime
+    assert runtime.mixed_precision == "no" and runtime.gradient_checkpointing is False
+    with pytest.raises(ValueError, match="finetune.rl.runtime.mixed_precision must be one of"):
+        finetune_config({"runtime.mixed_precision": "fp8"})
     # `mixed_precision: no` is false in YAML, and `dvc exp run -S` rewrites the file without quotes.
-    assert FinetuneConfig(mixed_precision=False).mixed_precision == "no"
-    assert FinetuneConfig.from_dict({"mixed_precision": False}).to_dict()["mixed_precision"] == "no"
-    with pytest.raises(ValueError, match="finetune.rl.gradient_checkpointing must be true or false"):
-        FinetuneConfig(gradient_checkpointing="yes")
-    _train(make_pipeline(), prompts, reward_fn, small_config(num_rounds=1), tmp_path)
+    assert finetune_config({"runtime.mixed_precision": False}).runtime.mixed_precision == "no"
+    assert finetune_config({"runtime.mixed_precision": False}).to_dict()["runtime"]["mixed_precision"] == "no"
+    with pytest.raises(ValueError, match="finetune.rl.runtime.gradient_checkpointing must be true or false"):
+        finetune_config({"runtime.gradient_checkpointing": "yes"})
+    _train(make_pipeline(), prompts, reward_fn, small_config({"runtime.num_rounds": 1}), tmp_path)
     resumed = _train(
         make_pipeline(), prompts, reward_fn,
-        small_config(num_rounds=2, mixed_precision="bf16", gradient_checkpointing=True), tmp_path,
+        small_config({"runtime.num_rounds": 2, "runtime.mixed_precision": "bf16", "runtime.gradient_checkpointing": True}), tmp_path,
     )
     assert resumed.resumed_from == tmp_path / "round_000001" and len(resumed.history) == 2

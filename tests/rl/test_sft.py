@@ -9,6 +9,7 @@ import torch
 
 from dpok.rl import SFT_METRIC_NAMES, SFTConfig, sft_loss, train_sft
 from dpok.rl.sft import reward_weights, sample_pretrained
+from helpers import base_parameters
 
 
 def _hand_loss(pred, noise, ref, weights, gamma):
@@ -58,28 +59,28 @@ def test_negative_weights_are_refused_with_the_offset_to_set():
 )
 def test_bad_sft_settings_name_their_key(change, message):
     with pytest.raises(ValueError, match=message):
-        SFTConfig.from_dict({**SFTConfig().to_dict(), **change})
+        SFTConfig.from_dict({**base_parameters()["finetune"]["sft"], **change})
 
 
 def test_sample_set_is_what_dpok_would_sample_in_its_first_round(make_pipeline, prompts, reward_fn, small_config):
     """Same prompts, groups and noise streams as DPOK's round 1 (before DPOK's first update)."""
-    from dpok.rl.rollout import draw_prompts as _draw_prompts
-    from dpok.rl.rollout import sample_round as _sample_round
+    from dpok.rl.rollout import draw_prompts, sample_round
 
-    config = small_config(num_rounds=2)
+    config = small_config({"runtime.num_rounds": 2})
     pipeline = make_pipeline()
     data = sample_pretrained(pipeline, prompts, reward_fn, config)
-    assert data.latents.shape[0] == len(data.prompts) == len(data.rewards) == 2 * config.g_batch
-    round_prompts, groups = _draw_prompts(prompts, config, 1)
-    first = _sample_round(pipeline, round_prompts, groups, config, 1)
-    assert data.prompts[: config.g_batch] == round_prompts
-    torch.testing.assert_close(data.latents[: config.g_batch], first.latents[:, -1], rtol=0, atol=0)
-    assert [row[0] for row in data.reward_log] == [1] * config.g_batch + [2] * config.g_batch
+    assert data.latents.shape[0] == len(data.prompts) == len(data.rewards) == 2 * config.rollout.g_batch
+    round_prompts, groups = draw_prompts(prompts, config, 1)
+    first = sample_round(pipeline, round_prompts, groups, config, 1)
+    assert data.prompts[: config.rollout.g_batch] == round_prompts
+    torch.testing.assert_close(data.latents[: config.rollout.g_batch], first.latents[:, -1], rtol=0, atol=0)
+    assert [row[0] for row in data.reward_log] == [1] * config.rollout.g_batch + [2] * config.rollout.g_batch
 
 
 def test_a_short_sft_run_changes_the_lora_and_reports_its_kl(make_pipeline, prompts, reward_fn, small_config):
-    rl = small_config(num_rounds=2, kl_report_trajectories=1)
-    sft = SFTConfig(steps=3, batch_size=4, report_every=2, kl_weight=0.5)
+    rl = small_config({"runtime.num_rounds": 2, "runtime.kl_report_trajectories": 1})
+    sft = SFTConfig.from_dict({**base_parameters()["finetune"]["sft"], "steps": 3, "batch_size": 4, "report_every": 2,
+                               "kl_weight": 0.5})
     pipeline = make_pipeline()
     result = train_sft(pipeline, prompts, reward_fn, rl, sft, progress=False)
     assert [row["round"] for row in result.history] == [1, 2, 3]
@@ -88,7 +89,7 @@ def test_a_short_sft_run_changes_the_lora_and_reports_its_kl(make_pipeline, prom
     assert np.isnan(kl[0]) and np.isfinite(kl[1]) and kl[2] > 0
     assert any(name.endswith("lora_B.default_0.weight") or "lora_B" in name for name in result.lora_state)
     assert max(v.abs().max().item() for k, v in result.lora_state.items() if "lora_B" in k) > 0
-    assert len(result.reward_log) == 2 * rl.g_batch
+    assert len(result.reward_log) == 2 * rl.rollout.g_batch
     # The same settings give the same LoRA (every draw comes from the run's seed).
     again = train_sft(make_pipeline(), prompts, reward_fn, rl, sft, progress=False)
     for name, value in result.lora_state.items():

@@ -30,7 +30,7 @@ def test_rounds_run_report_metrics_and_keep_the_last_checkpoints(
 ):
     seen = []
     result = train_dpok(
-        make_pipeline(), prompts, reward_fn, small_config(num_rounds=3), tmp_path,
+        make_pipeline(), prompts, reward_fn, small_config({"runtime.num_rounds": 3}), tmp_path,
         on_round=lambda r, m: seen.append((r, _names(tmp_path))), progress=False,
     )
     assert [r for r, _ in seen] == [1, 2, 3]
@@ -53,20 +53,21 @@ def test_rounds_run_report_metrics_and_keep_the_last_checkpoints(
 
 
 def test_resumed_run_equals_the_uninterrupted_run(make_pipeline, prompts, reward_fn, small_config, tmp_path):
-    overrides = dict(checkpoint_every=2, reward_normalisation="per_prompt", per_prompt_min_count=2, per_prompt_window=4)
+    overrides = {"runtime.checkpoint_every": 2, "advantage.normalisation": "per_prompt",
+                 "advantage.per_prompt_min_count": 2, "advantage.per_prompt_window": 4}
     straight = train_dpok(
-        make_pipeline(), prompts, reward_fn, small_config(num_rounds=4, **overrides), tmp_path / "straight",
+        make_pipeline(), prompts, reward_fn, small_config({**overrides, "runtime.num_rounds": 4}), tmp_path / "straight",
         progress=False,
     )
     first = train_dpok(
-        make_pipeline(), prompts, reward_fn, small_config(num_rounds=2, **overrides), tmp_path / "split", progress=False
+        make_pipeline(), prompts, reward_fn, small_config({**overrides, "runtime.num_rounds": 2}), tmp_path / "split", progress=False
     )
     assert len(first.history) == 2
     # a fresh process would hold other global RNG states; the checkpoint restores them
     torch.manual_seed(123)
     np.random.seed(123)
     resumed = train_dpok(
-        make_pipeline(), prompts, reward_fn, small_config(num_rounds=4, **overrides), tmp_path / "split", progress=False
+        make_pipeline(), prompts, reward_fn, small_config({**overrides, "runtime.num_rounds": 4}), tmp_path / "split", progress=False
     )
     assert resumed.resumed_from == tmp_path / "split" / "round_000002"
     assert [row["round"] for row in resumed.history] == [1, 2, 3, 4]
@@ -81,12 +82,12 @@ def test_resumed_run_equals_the_uninterrupted_run(make_pipeline, prompts, reward
 
     # resuming a finished run does nothing; resuming with different settings is refused
     done = train_dpok(
-        make_pipeline(), prompts, reward_fn, small_config(num_rounds=4, **overrides), tmp_path / "split", progress=False
+        make_pipeline(), prompts, reward_fn, small_config({**overrides, "runtime.num_rounds": 4}), tmp_path / "split", progress=False
     )
     assert len(done.history) == 4 and done.last_checkpoint == tmp_path / "split" / "round_000004"
     untouched = make_pipeline()
-    with pytest.raises(ValueError, match="finetune.rl.learning_rate"):
-        train_dpok(untouched, prompts, reward_fn, small_config(num_rounds=6, learning_rate=0.5, **overrides),
+    with pytest.raises(ValueError, match="finetune.rl.policy.learning_rate"):
+        train_dpok(untouched, prompts, reward_fn, small_config({**overrides, "runtime.num_rounds": 6, "policy.learning_rate": 0.5}),
                    tmp_path / "split", progress=False)
     assert not getattr(untouched.unet, "peft_config", None)  # refused before the adapter was attached
 
@@ -94,13 +95,13 @@ def test_resumed_run_equals_the_uninterrupted_run(make_pipeline, prompts, reward
 def test_fresh_run_deletes_old_checkpoints_only_after_its_first_checkpoint(
     make_pipeline, prompts, reward_fn, small_config, tmp_path
 ):
-    old = small_config(num_rounds=3, keep_last_checkpoints=3)
+    old = small_config({"runtime.num_rounds": 3, "runtime.keep_last_checkpoints": 3})
     train_dpok(make_pipeline(), prompts, reward_fn, old, tmp_path, progress=False)
     assert _names(tmp_path) == ["round_000001", "round_000002", "round_000003"]
     seen = {}
     result = train_dpok(
         make_pipeline(), prompts, reward_fn,
-        small_config(num_rounds=3, seed=1, resume=False, checkpoint_every=2, keep_last_checkpoints=3), tmp_path,
+        small_config({"runtime.num_rounds": 3, "seed": 1, "runtime.resume": False, "runtime.checkpoint_every": 2, "runtime.keep_last_checkpoints": 3}), tmp_path,
         on_round=lambda r, m: seen.setdefault(r, _names(tmp_path)), progress=False,
     )
     assert result.resumed_from is None and len(result.history) == 3
@@ -145,7 +146,7 @@ def test_non_finite_loss_never_reaches_the_optimiser(
     monkeypatch.setattr(update_module, "ddim_step_with_logprob", nan_step)  # only the update's re-scoring
     pipeline = make_pipeline()
     with caplog.at_level(logging.WARNING, logger="dpok.rl.update"):
-        config = small_config(num_rounds=2, p_step=3)
+        config = small_config({"runtime.num_rounds": 2, "policy.p_step": 3})
         result = train_dpok(pipeline, prompts, reward_fn, config, tmp_path, progress=False)
     assert [row["skipped_steps"] for row in result.history] == [3, 3]
     assert result.skipped_steps == 6
@@ -174,11 +175,7 @@ def test_reward_increases_on_an_easy_reward(make_pipeline, reward_fn, small_conf
     """Mean brightness, one prompt. The tiny random VAE moves brightness little (per-image std 0.002),
     so we compare the trained and the pretrained policy on the same 64 noise seeds (common random
     numbers): the paired improvement must be clearly positive."""
-    config = small_config(
-        num_rounds=12, g_batch=16, num_inference_steps=6, p_batch=32, accum=1, p_step=4, buffer_size=256,
-        learning_rate=3e-3, clip_range=0.05, kl_weight=0.0, use_value_function=False, reward_weight=1.0,
-        reward_normalisation="per_prompt", checkpoint_every=12, kl_report_trajectories=1,
-    )
+    config = small_config({"runtime.num_rounds": 12, "rollout.g_batch": 16, "sampler.num_inference_steps": 6, "policy.p_batch": 32, "policy.accum": 1, "policy.p_step": 4, "policy.buffer_size": 256, "policy.learning_rate": 3e-3, "policy.clip_range": 0.05, "kl.weight": 0.0, "value.enabled": False, "advantage.reward_weight": 1.0, "advantage.normalisation": "per_prompt", "runtime.checkpoint_every": 12, "runtime.kl_report_trajectories": 1})
     pipeline = make_pipeline()
     result = train_dpok(pipeline, ["a red circle"], reward_fn, config, tmp_path, progress=False)
     assert result.history[-1]["kl_bound_nats"] > 1.0
@@ -199,7 +196,7 @@ def test_reward_increases_on_an_easy_reward(make_pipeline, reward_fn, small_conf
 
 def test_baselines_are_the_value_of_each_buffered_transition():
     from dpok.rl import Trajectory, TransitionBuffer
-    from dpok.rl.baseline import value_predictions as _predictions
+    from dpok.rl.baseline import value_predictions
     from dpok.rl.value import ValueFunction, prompt_text_feature
 
     torch.manual_seed(0)
@@ -211,7 +208,7 @@ def test_baselines_are_the_value_of_each_buffered_transition():
     )
     value_fn = ValueFunction((4, 2, 2), text_dim=8, num_steps=steps)
     buffer = TransitionBuffer(capacity=64)
-    buffer.push(trajectory, np.zeros(b), _predictions(value_fn, trajectory, 0, None, torch.device("cpu")))
+    buffer.push(trajectory, np.zeros(b), value_predictions(value_fn, trajectory, 0, None, torch.device("cpu")))
     batch = buffer.get(torch.arange(b * steps))
     with torch.no_grad():
         expected = value_fn(batch.latents, batch.step_indices, prompt_text_feature(batch.prompt_embeds))

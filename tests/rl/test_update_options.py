@@ -6,14 +6,14 @@ import pytest
 import torch
 
 from dpok.models import build_ddim_scheduler
-from dpok.rl import FinetuneConfig, TransitionBuffer, guided_noise_prediction, load_checkpoint, train_dpok
+from dpok.rl import TransitionBuffer, guided_noise_prediction, load_checkpoint, train_dpok
 from dpok.rl.losses import group_statistics, policy_loss
 from dpok.rl.sampling import policy_gradient_scale, predicted_original_sample
 from dpok.rl.baseline import value_variance_ratio, variance_ratio_by_step
-from dpok.rl.rollout import draw_prompts as _draw_prompts
-from dpok.rl.rollout import sample_round as _sample_round
+from dpok.rl.rollout import draw_prompts, sample_round
 from dpok.rl.update import step_weights
 from dpok.rl.value import ValueFunction, prompt_text_feature
+from helpers import finetune_config
 
 
 def _closed_form_scale(scheduler, eta: float = 1.0) -> np.ndarray:
@@ -43,12 +43,12 @@ def test_policy_gradient_scale_is_c_over_sigma_and_peaks_at_the_last_step():
 
 def test_equalised_step_weights_make_every_trained_step_count_the_same():
     scheduler = build_ddim_scheduler({})
-    config = FinetuneConfig(num_inference_steps=10, step_weighting="equalise", train_step_window=(0.0, 0.9))
+    config = finetune_config({"sampler.num_inference_steps": 10, "policy.step_weighting": "equalise", "policy.train_step_window": (0.0, 0.9)})
     weights = step_weights(scheduler, config)
     scale = policy_gradient_scale(scheduler, scheduler.timesteps)
     weighted = (weights * scale)[:9]
     torch.testing.assert_close(weighted, torch.full_like(weighted, float(scale[:9].mean())))
-    assert torch.equal(step_weights(scheduler, FinetuneConfig(num_inference_steps=10, step_weighting="none")), torch.ones(10))
+    assert torch.equal(step_weights(scheduler, finetune_config({"sampler.num_inference_steps": 10, "policy.step_weighting": "none"})), torch.ones(10))
 
 
 @pytest.mark.parametrize("clip_mode", ["ppo", "dpok_clamp"])
@@ -82,16 +82,15 @@ def test_group_statistics_by_hand():
 
 def test_groups_share_their_starting_noise_and_nothing_else(make_pipeline):
     pipeline = make_pipeline()
-    config = FinetuneConfig(g_batch=6, trajectories_per_prompt=3, num_inference_steps=3, share_initial_noise=True)
-    prompts, groups = _draw_prompts(["a red circle", "a blue square"], config, round_number=1)
+    config = finetune_config({"rollout.g_batch": 6, "rollout.trajectories_per_prompt": 3, "sampler.num_inference_steps": 3, "rollout.share_initial_noise": True})
+    prompts, groups = draw_prompts(["a red circle", "a blue square"], config, round_number=1)
     assert groups == [0, 0, 0, 1, 1, 1] and len(set(prompts[:3])) == 1
-    trajectory = _sample_round(pipeline, prompts, groups, config, 1)
+    trajectory = sample_round(pipeline, prompts, groups, config, 1)
     x_T, x_0 = trajectory.latents[:, 0], trajectory.latents[:, -1]
     assert torch.equal(x_T[0], x_T[1]) and torch.equal(x_T[0], x_T[2]) and torch.equal(x_T[3], x_T[5])
     assert not torch.equal(x_T[0], x_T[3])
     assert not torch.equal(x_0[0], x_0[1])  # the per-step noise is each trajectory's own
-    independent = _sample_round(pipeline, prompts, groups, FinetuneConfig(
-        g_batch=6, trajectories_per_prompt=3, num_inference_steps=3, share_initial_noise=False), 1)
+    independent = sample_round(pipeline, prompts, groups, finetune_config({"rollout.g_batch": 6, "rollout.trajectories_per_prompt": 3, "sampler.num_inference_steps": 3, "rollout.share_initial_noise": False}), 1)
     assert not torch.equal(independent.latents[0, 0], independent.latents[1, 0])
 
 
@@ -109,9 +108,9 @@ def test_without_cfg_the_update_is_the_cfg_update_at_guidance_one(make_pipeline)
 
 
 def test_only_the_window_steps_enter_the_buffer(make_pipeline, prompts, reward_fn, small_config, tmp_path):
-    config = small_config(num_rounds=1, num_inference_steps=4, train_step_window=[0.5, 1.0], g_batch=4)
+    config = small_config({"runtime.num_rounds": 1, "sampler.num_inference_steps": 4, "policy.train_step_window": [0.5, 1.0], "rollout.g_batch": 4})
     train_dpok(make_pipeline(), prompts, reward_fn, config, tmp_path, progress=False)
-    buffer = TransitionBuffer(config.buffer_size)
+    buffer = TransitionBuffer(config.policy.buffer_size)
     buffer.load_state_dict(load_checkpoint(tmp_path / "round_000001").buffer)
     batch = buffer.get(torch.arange(len(buffer)))
     assert len(buffer) == 4 * 2 and sorted(set(batch.step_indices.tolist())) == [2, 3]
@@ -121,7 +120,7 @@ def test_only_the_window_steps_enter_the_buffer(make_pipeline, prompts, reward_f
 
 
 def test_uniform_groups_are_left_out(make_pipeline, prompts, small_config, tmp_path):
-    config = small_config(num_rounds=2, g_batch=4, trajectories_per_prompt=2, reward_normalisation="group")
+    config = small_config({"runtime.num_rounds": 2, "rollout.g_batch": 4, "rollout.trajectories_per_prompt": 2, "advantage.normalisation": "group"})
     result = train_dpok(make_pipeline(), prompts, lambda images, p: np.full(len(p), 0.5), config, tmp_path,
                         progress=False)
     assert [row["uniform_groups"] for row in result.history] == [2, 2]
@@ -150,10 +149,10 @@ def test_tweedie_reward_features_are_the_standardised_rewards_of_decoded_estimat
         seen.append(scores)
         return scores
 
-    config = small_config(num_rounds=1, g_batch=4, num_inference_steps=3, value_features="tweedie_reward")
+    config = small_config({"runtime.num_rounds": 1, "rollout.g_batch": 4, "sampler.num_inference_steps": 3, "value.features": "tweedie_reward"})
     result = train_dpok(make_pipeline(), prompts, reward, config, tmp_path, progress=False)
     assert np.isfinite(result.history[0]["value_variance_ratio"])
-    buffer = TransitionBuffer(config.buffer_size)
+    buffer = TransitionBuffer(config.policy.buffer_size)
     buffer.load_state_dict(load_checkpoint(tmp_path / "round_000001").buffer)
     batch = buffer.get(torch.arange(len(buffer)))
     latent_size = batch.latents[0].numel()
@@ -221,16 +220,14 @@ def test_value_shrinkage_baselines_are_the_gain_times_the_out_of_sample_predicti
     def reward(images, batch_prompts):
         return images.astype(np.float64).mean(axis=(1, 2, 3)) / 255.0
 
-    config = small_config(num_rounds=3, g_batch=4, num_inference_steps=3, value_features="tweedie_reward",
-                          value_shrinkage=True, buffer_size=100, checkpoint_every=1, keep_last_checkpoints=3,
-                          trajectories_per_prompt=2, share_initial_noise=True, reward_normalisation="group")
+    config = small_config({"runtime.num_rounds": 3, "rollout.g_batch": 4, "sampler.num_inference_steps": 3, "value.features": "tweedie_reward", "value.shrinkage": True, "policy.buffer_size": 100, "runtime.checkpoint_every": 1, "runtime.keep_last_checkpoints": 3, "rollout.trajectories_per_prompt": 2, "rollout.share_initial_noise": True, "advantage.normalisation": "group"})
     pipeline = make_pipeline()
     train_dpok(pipeline, prompts, reward, config, tmp_path, progress=False)
-    first = TransitionBuffer(config.buffer_size)
+    first = TransitionBuffer(config.policy.buffer_size)
     first.load_state_dict(load_checkpoint(tmp_path / "round_000001").buffer)
     assert first.get(torch.arange(len(first))).baselines.abs().max() == 0
     before, after = (load_checkpoint(tmp_path / f"round_00000{r}") for r in (2, 3))
-    earlier, buffer = TransitionBuffer(config.buffer_size), TransitionBuffer(config.buffer_size)
+    earlier, buffer = TransitionBuffer(config.policy.buffer_size), TransitionBuffer(config.policy.buffer_size)
     earlier.load_state_dict(before.buffer)
     buffer.load_state_dict(after.buffer)
     assert len(buffer) > len(earlier)

@@ -50,8 +50,12 @@ def test_tiny_run_reports_every_phase_as_json(gpu_check, tmp_path, capsys):
 
 
 def test_the_round_uses_conf_sd15s_rl_settings(gpu_check, project_root):
-    rl = project_parameters("sd15")["finetune"]["rl"]  # what `kedro run --env sd15` trains with
-    assert gpu_check.sd15_rl_settings(tiny=False) == {**rl, "num_rounds": 1, "checkpoint_every": 1, "resume": False}
+    params = project_parameters("sd15")  # what `kedro run --env sd15` trains with
+    rl, sampler = gpu_check.sd15_settings(tiny=False)
+    assert sampler == params["sampler"] and sampler["num_inference_steps"] == 50
+    expected = params["finetune"]["rl"]
+    expected["runtime"].update(num_rounds=1, checkpoint_every=1, resume=False)
+    assert rl == expected
 
 
 def test_the_hard_coded_configs_are_stable_diffusion_v1_5s(gpu_check):

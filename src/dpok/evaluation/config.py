@@ -1,131 +1,113 @@
-"""Typed, validated parameters of the evaluation pipelines (``pretrained``, ``evaluate``, human evaluation).
+"""Typed, validated parameters of the evaluation pipelines (``pretrained_samples``, ``evaluate``, human
+evaluation).
 
-Each dataclass is built from its block of ``conf/base/parameters_pretrained.yml`` or
-``parameters_evaluate.yml`` with ``from_dict``: unknown keys and bad values are errors that name the
-key and say what is expected, raised before any model is loaded.
+Each dataclass is built from its block of ``conf/base/parameters_pretrained_samples.yml`` (with the shared
+``sampler`` of ``parameters_sampler.yml``) or ``parameters_evaluate.yml``, where its defaults live: unknown,
+missing and bad keys are errors that name the key and say what is expected, raised before any model is
+loaded (:mod:`dpok.config`).
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
-from dpok.config import from_mapping
-
-
-def _fail(block: str, name: str, requirement: str, value: Any) -> ValueError:
-    return ValueError(f"{block}.{name} must be {requirement}, got {value!r}")
+from dpok.config import SamplerConfig, Settings, fail, from_mapping, merged
 
 
-def _integer(block: str, obj: Any, name: str, minimum: int) -> None:
-    value = getattr(obj, name)
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise _fail(block, name, f"an integer >= {minimum}", value)
-
-
-def _number(block: str, obj: Any, name: str, *, gt: float | None = None, ge: float | None = None,
-            lt: float | None = None) -> None:
-    value = getattr(obj, name)
-    bounds = [(gt, ">"), (ge, ">="), (lt, "<")]
-    requirement = "a number " + " and ".join(f"{op} {b}" for b, op in bounds if b is not None)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise _fail(block, name, requirement, value)
-    too_low = (gt is not None and not value > gt) or (ge is not None and not value >= ge)
-    if too_low or (lt is not None and not value < lt):
-        raise _fail(block, name, requirement, value)
-
-
-def _score_spec(block: str, name: str, value: Any) -> dict[str, dict[str, Any]]:
+def _score_spec(key: str, value: Any) -> dict[str, dict[str, Any]]:
     """``[name, ...]`` or ``{name: {factory options}}`` → ``{name: options}``."""
     if value is None:
         return {}
     if isinstance(value, str):
-        raise _fail(block, name, "a list of reward names (e.g. [shapes_judge]), not a single string", value)
+        fail(key, "a list of reward names (e.g. [shapes_judge]), not a single string", value)
     if isinstance(value, Mapping):
         spec = {}
-        for key, options in value.items():
-            if not isinstance(key, str) or not key:
-                raise _fail(block, name, "a mapping of reward names to option mappings", value)
+        for name, options in value.items():
+            if not isinstance(name, str) or not name:
+                fail(key, "a mapping of reward names to option mappings", value)
             if options is not None and not isinstance(options, Mapping):
-                raise _fail(block, f"{name}.{key}", "a mapping of reward options (or null)", options)
-            spec[key] = dict(options or {})
+                fail(f"{key}.{name}", "a mapping of reward options (or null)", options)
+            spec[name] = dict(options or {})
         return spec
     if isinstance(value, (list, tuple)):
         if not all(isinstance(v, str) and v for v in value):
-            raise _fail(block, name, "a list of reward names", value)
+            fail(key, "a list of reward names", value)
         if len(set(value)) != len(value):
-            raise _fail(block, name, "a list without repeated names", value)
+            fail(key, "a list without repeated names", value)
         return {v: {} for v in value}
-    raise _fail(block, name, "a list of reward names or a mapping name -> options", value)
+    fail(key, "a list of reward names or a mapping name -> options", value)
 
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 
 
 @dataclass(frozen=True)
-class SamplingConfig:
-    """How the evaluation images are drawn and scored (``parameters_pretrained.yml``, key ``pretrained``).
+class SamplingConfig(Settings):
+    """How the evaluation images are drawn and scored (``parameters_pretrained_samples.yml``, key
+    ``pretrained_samples``, with the shared ``sampler``).
 
-    The ``evaluate`` pipeline reads the same block, so the fine-tuned model is sampled with exactly the
+    The ``evaluate`` pipeline reads the same blocks, so the fine-tuned model is sampled with exactly the
     settings, prompts and seeds of the base model; it refuses to run when the saved base-model samples
     were drawn with other settings.
 
     Attributes:
         images_per_prompt: N, images drawn per prompt (one seed each).
         seed: Base seed; the N seeds are :func:`dpok.evaluation.derive_seeds` ``(seed, N)``.
-        num_inference_steps: DDIM steps.
-        guidance_scale: Classifier-free guidance weight.
-        eta: DDIM η (1.0 is the stochastic sampler DPOK fine-tunes).
+        sampler_overrides: Sampler settings (keys of ``sampler``) in which the evaluation differs from
+            training; empty: it draws as DPOK's rounds do.
         batch_size: Images per pipeline call; scoring runs per batch and only one batch is held in
             memory. Each image has its own generator, so the batch size changes an image only by
-            float32 summation order (at most one uint8 level); keep it equal between ``pretrained``
+            float32 summation order (at most one uint8 level); keep it equal between ``pretrained_samples``
             and ``evaluate`` runs for bit-identical noise paths.
         device: ``auto`` (CUDA if available, else CPU), ``cpu``, ``cuda`` or ``mps``.
         rewards: Reward names (``dpok.rewards`` registry) scored on every image; a list, or a mapping
             name -> factory options.
         quality: Quality-score names, scored and reported like the rewards but labelled ``quality``.
+        sampler: The sampler the images are drawn with: the shared ``sampler`` block with
+            ``sampler_overrides`` applied (built by :meth:`from_params`).
     """
 
-    images_per_prompt: int = 16
-    seed: int = 0
-    num_inference_steps: int = 20
-    guidance_scale: float = 3.0
-    eta: float = 1.0
-    batch_size: int = 64
-    device: str = "auto"
-    rewards: Any = field(default_factory=lambda: ["shapes_judge"])
-    quality: Any = field(default_factory=lambda: ["shapes_quality"])
+    KEY_PATH: ClassVar[str] = "pretrained_samples"
+
+    images_per_prompt: int
+    seed: int
+    sampler_overrides: dict[str, Any]
+    batch_size: int
+    device: str
+    rewards: Any
+    quality: Any
+    sampler: SamplerConfig
 
     def __post_init__(self) -> None:
-        block = "pretrained"
-        _integer(block, self, "images_per_prompt", 1)
-        _integer(block, self, "seed", 0)
-        _integer(block, self, "num_inference_steps", 1)
-        _integer(block, self, "batch_size", 1)
-        _number(block, self, "guidance_scale", ge=0)
-        _number(block, self, "eta", ge=0)
-        if self.eta > 1:
-            raise _fail(block, "eta", "a number in [0, 1]", self.eta)
-        if self.device not in DEVICES:
-            raise _fail(block, "device", f"one of {list(DEVICES)}", self.device)
-        rewards = _score_spec(block, "rewards", self.rewards)
-        quality = _score_spec(block, "quality", self.quality)
+        self.integer("images_per_prompt", 1)
+        self.integer("seed", 0)
+        self.integer("batch_size", 1)
+        self.choice("device", DEVICES)
+        rewards = _score_spec(self.key("rewards"), self.rewards)
+        quality = _score_spec(self.key("quality"), self.quality)
         both = sorted(set(rewards) & set(quality))
         if both:
-            raise _fail(block, "quality", f"names not also listed under rewards ({both})", self.quality)
+            self.fail("quality", f"names not also listed under rewards ({both})")
         if not rewards and not quality:
-            raise _fail(block, "rewards", "at least one reward or quality score to report", self.rewards)
-        object.__setattr__(self, "rewards", rewards)
-        object.__setattr__(self, "quality", quality)
+            self.fail("rewards", "at least one reward or quality score to report")
+        self.set("rewards", rewards)
+        self.set("quality", quality)
 
     @classmethod
-    def from_dict(cls, params: Mapping[str, Any] | None) -> SamplingConfig:
-        return from_mapping(cls, params, "pretrained")
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+    def from_params(cls, params: Mapping[str, Any] | None, sampler: Mapping[str, Any]) -> SamplingConfig:
+        """Build from the ``pretrained_samples`` and ``sampler`` parameters; unknown, missing and bad keys
+        are errors naming them."""
+        overrides = (params or {}).get("sampler_overrides") or {}
+        block = f"{cls.KEY_PATH}.sampler_overrides"
+        if not isinstance(overrides, Mapping):
+            fail(block, "a mapping of sampler settings (e.g. {num_inference_steps: 40}) or {}", overrides)
+        try:
+            evaluation_sampler = from_mapping(SamplerConfig, merged(sampler, overrides), SamplerConfig.KEY_PATH)
+        except ValueError as error:
+            raise ValueError(f"{error} (the shared sampler with {block} {dict(overrides)} applied)") from None
+        return from_mapping(cls, params, cls.KEY_PATH, sampler=evaluation_sampler)
 
     def score_kinds(self) -> dict[str, str]:
         """``{score name: "reward" | "quality"}`` in manifest column order."""
@@ -136,14 +118,14 @@ class SamplingConfig:
         return {
             "images_per_prompt": self.images_per_prompt,
             "seed": self.seed,
-            "num_inference_steps": self.num_inference_steps,
-            "guidance_scale": float(self.guidance_scale),
-            "eta": float(self.eta),
+            "num_inference_steps": self.sampler.num_inference_steps,
+            "guidance_scale": float(self.sampler.guidance_scale),
+            "eta": float(self.sampler.eta),
         }
 
 
 @dataclass(frozen=True)
-class EvaluateConfig:
+class EvaluateConfig(Settings):
     """Statistics and figures of the ``evaluate`` pipeline (``parameters_evaluate.yml``, key ``evaluate``).
 
     Attributes:
@@ -156,34 +138,32 @@ class EvaluateConfig:
         report_top_prompts: Prompts listed in the report with the largest gain and the largest loss.
     """
 
-    bootstrap_resamples: int = 2000
-    bootstrap_seed: int = 0
-    confidence: float = 0.95
-    grid_max_prompts: int = 16
-    grid_seeds: int = 4
-    grid_scale: int = 3
-    report_top_prompts: int = 5
+    KEY_PATH: ClassVar[str] = "evaluate"
+
+    bootstrap_resamples: int
+    bootstrap_seed: int
+    confidence: float
+    grid_max_prompts: int
+    grid_seeds: int
+    grid_scale: int
+    report_top_prompts: int
 
     def __post_init__(self) -> None:
-        block = "evaluate"
-        _integer(block, self, "bootstrap_resamples", 100)
-        _integer(block, self, "bootstrap_seed", 0)
-        _number(block, self, "confidence", gt=0, lt=1)
-        _integer(block, self, "grid_max_prompts", 1)
-        _integer(block, self, "grid_seeds", 1)
-        _integer(block, self, "grid_scale", 1)
-        _integer(block, self, "report_top_prompts", 0)
+        self.integer("bootstrap_resamples", 100)
+        self.integer("bootstrap_seed", 0)
+        self.number("confidence", gt=0, lt=1)
+        self.integer("grid_max_prompts", 1)
+        self.integer("grid_seeds", 1)
+        self.integer("grid_scale", 1)
+        self.integer("report_top_prompts", 0)
 
     @classmethod
     def from_dict(cls, params: Mapping[str, Any] | None) -> EvaluateConfig:
-        return from_mapping(cls, params, "evaluate")
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return from_mapping(cls, params, cls.KEY_PATH)
 
 
 @dataclass(frozen=True)
-class HumanEvalConfig:
+class HumanEvalConfig(Settings):
     """The blinded pairwise export (``parameters_evaluate.yml``, key ``human_eval``).
 
     Attributes:
@@ -194,23 +174,25 @@ class HumanEvalConfig:
         title: Heading of the rater's page.
     """
 
-    seed: int = 0
-    pairs_per_prompt: int = 2
-    title: str = "Which image is better?"
+    KEY_PATH: ClassVar[str] = "human_eval"
+
+    seed: int
+    pairs_per_prompt: int
+    title: str
 
     def __post_init__(self) -> None:
-        _integer("human_eval", self, "seed", 0)
-        _integer("human_eval", self, "pairs_per_prompt", 1)
+        self.integer("seed", 0)
+        self.integer("pairs_per_prompt", 1)
         if not isinstance(self.title, str) or not self.title.strip():
-            raise _fail("human_eval", "title", "a non-empty string", self.title)
+            self.fail("title", "a non-empty string")
 
     @classmethod
     def from_dict(cls, params: Mapping[str, Any] | None) -> HumanEvalConfig:
-        return from_mapping(cls, params, "human_eval")
+        return from_mapping(cls, params, cls.KEY_PATH)
 
 
 @dataclass(frozen=True)
-class HumanEvalImportConfig:
+class HumanEvalImportConfig(Settings):
     """Reading the raters' answers (``parameters_evaluate.yml``, key ``human_eval_import``).
 
     Attributes:
@@ -218,14 +200,15 @@ class HumanEvalImportConfig:
         ci_method: ``wilson`` (Wilson score) or ``exact`` (Clopper–Pearson), as scipy's ``binomtest``.
     """
 
-    confidence: float = 0.95
-    ci_method: str = "wilson"
+    KEY_PATH: ClassVar[str] = "human_eval_import"
+
+    confidence: float
+    ci_method: str
 
     def __post_init__(self) -> None:
-        _number("human_eval_import", self, "confidence", gt=0, lt=1)
-        if self.ci_method not in ("wilson", "exact"):
-            raise _fail("human_eval_import", "ci_method", "'wilson' or 'exact'", self.ci_method)
+        self.number("confidence", gt=0, lt=1)
+        self.choice("ci_method", ("wilson", "exact"))
 
     @classmethod
     def from_dict(cls, params: Mapping[str, Any] | None) -> HumanEvalImportConfig:
-        return from_mapping(cls, params, "human_eval_import")
+        return from_mapping(cls, params, cls.KEY_PATH)

@@ -1,24 +1,18 @@
-"""Typed parameters of the ``pretrain`` pipeline (``conf/base/parameters_pretrain.yml``)."""
+"""Typed parameters of the ``pretrain`` pipeline (``conf/base/parameters_pretrain.yml``, the one home of
+their values)."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
-from dpok.config import check_keys, from_mapping
-
+from dpok.config import Settings, from_mapping
 
 RECONSTRUCTION_LOSSES = ("l1", "mse")
 
 
-def _positive(where: str, **values: float) -> None:
-    for name, value in values.items():
-        if not value > 0:
-            raise ValueError(f"{where}.{name} must be > 0, got {value!r}")
-
-
 @dataclass(frozen=True)
-class AutoencoderConfig:
+class AutoencoderConfig(Settings):
     """AutoencoderKL training.
 
     Attributes:
@@ -35,38 +29,31 @@ class AutoencoderConfig:
         refine_learning_rate: AdamW learning rate of that stage.
     """
 
-    architecture: dict[str, Any] = field(default_factory=dict)
-    steps: int = 800
-    batch_size: int = 64
-    learning_rate: float = 2e-3
-    kl_weight: float = 1e-6
-    reconstruction_loss: str = "l1"
-    refine_decoder_steps: int = 0
-    refine_latent_noise: float = 0.2
-    refine_learning_rate: float = 1e-3
+    KEY_PATH: ClassVar[str] = "pretrain.autoencoder"
+
+    architecture: dict[str, Any]
+    steps: int
+    batch_size: int
+    learning_rate: float
+    kl_weight: float
+    reconstruction_loss: str
+    refine_decoder_steps: int
+    refine_latent_noise: float
+    refine_learning_rate: float
 
     def __post_init__(self) -> None:
-        _positive("pretrain.autoencoder", steps=self.steps, batch_size=self.batch_size, learning_rate=self.learning_rate)
-        if self.kl_weight < 0:
-            raise ValueError(f"pretrain.autoencoder.kl_weight must be >= 0, got {self.kl_weight}")
-        if isinstance(self.refine_decoder_steps, bool) or not isinstance(self.refine_decoder_steps, int) or (
-            self.refine_decoder_steps < 0
-        ):
-            raise ValueError(
-                f"pretrain.autoencoder.refine_decoder_steps must be an integer >= 0, got {self.refine_decoder_steps!r}"
-            )
-        if not self.refine_latent_noise >= 0:
-            raise ValueError(f"pretrain.autoencoder.refine_latent_noise must be >= 0, got {self.refine_latent_noise}")
-        _positive("pretrain.autoencoder", refine_learning_rate=self.refine_learning_rate)
-        if self.reconstruction_loss not in RECONSTRUCTION_LOSSES:
-            raise ValueError(
-                f"pretrain.autoencoder.reconstruction_loss must be one of {RECONSTRUCTION_LOSSES}, "
-                f"got {self.reconstruction_loss!r}"
-            )
+        self.integer("steps", 1)
+        self.integer("batch_size", 1)
+        self.number("learning_rate", gt=0)
+        self.number("kl_weight", ge=0)
+        self.integer("refine_decoder_steps", 0)
+        self.number("refine_latent_noise", ge=0)
+        self.number("refine_learning_rate", gt=0)
+        self.choice("reconstruction_loss", RECONSTRUCTION_LOSSES)
 
 
 @dataclass(frozen=True)
-class DenoiserConfig:
+class DenoiserConfig(Settings):
     """UNet + text encoder training (ε-prediction on cached latents).
 
     Attributes:
@@ -80,24 +67,26 @@ class DenoiserConfig:
         ema_decay: Decay of the exponential moving average of the weights that are saved (0 = no EMA).
     """
 
-    unet: dict[str, Any] = field(default_factory=dict)
-    text_encoder: dict[str, Any] = field(default_factory=dict)
-    steps: int = 3000
-    batch_size: int = 128
-    learning_rate: float = 5e-4
-    caption_dropout: float = 0.1
-    ema_decay: float = 0.999
+    KEY_PATH: ClassVar[str] = "pretrain.denoiser"
+
+    unet: dict[str, Any]
+    text_encoder: dict[str, Any]
+    steps: int
+    batch_size: int
+    learning_rate: float
+    caption_dropout: float
+    ema_decay: float
 
     def __post_init__(self) -> None:
-        _positive("pretrain.denoiser", steps=self.steps, batch_size=self.batch_size, learning_rate=self.learning_rate)
-        if not 0 <= self.caption_dropout < 1:
-            raise ValueError(f"pretrain.denoiser.caption_dropout must be in [0, 1), got {self.caption_dropout}")
-        if not 0 <= self.ema_decay < 1:
-            raise ValueError(f"pretrain.denoiser.ema_decay must be in [0, 1), got {self.ema_decay}")
+        self.integer("steps", 1)
+        self.integer("batch_size", 1)
+        self.number("learning_rate", gt=0)
+        self.number("caption_dropout", ge=0, lt=1)
+        self.number("ema_decay", ge=0, lt=1)
 
 
 @dataclass(frozen=True)
-class PretrainConfig:
+class PretrainConfig(Settings):
     """All of ``pretrain``.
 
     Attributes:
@@ -111,28 +100,26 @@ class PretrainConfig:
         tokenizer_max_length: Tokens per prompt including start/end tokens.
     """
 
-    seed: int = 0
-    image_size: int = 32
-    num_images: int = 20000
-    skew: dict[str, Any] = field(default_factory=dict)
-    autoencoder: AutoencoderConfig = field(default_factory=AutoencoderConfig)
-    denoiser: DenoiserConfig = field(default_factory=DenoiserConfig)
-    scheduler: dict[str, Any] = field(default_factory=dict)
-    tokenizer_max_length: int = 16
+    KEY_PATH: ClassVar[str] = "pretrain"
+
+    seed: int
+    image_size: int
+    num_images: int
+    skew: dict[str, Any]
+    autoencoder: AutoencoderConfig
+    denoiser: DenoiserConfig
+    scheduler: dict[str, Any]
+    tokenizer_max_length: int
 
     def __post_init__(self) -> None:
-        _positive("pretrain", num_images=self.num_images, image_size=self.image_size)
+        self.integer("seed", 0)
+        self.integer("num_images", 1)
+        self.integer("image_size", 8)
         if self.image_size % 8:
-            raise ValueError(f"pretrain.image_size must be a multiple of 8, got {self.image_size}")
+            self.fail("image_size", "a multiple of 8")
+        self.integer("tokenizer_max_length", 3)
 
     @classmethod
     def from_dict(cls, params: dict[str, Any]) -> PretrainConfig:
-        params = check_keys(params, {f.name for f in fields(cls)}, "pretrain")
-        if "autoencoder" in params:
-            params["autoencoder"] = from_mapping(AutoencoderConfig, params["autoencoder"], "pretrain.autoencoder")
-        if "denoiser" in params:
-            params["denoiser"] = from_mapping(DenoiserConfig, params["denoiser"], "pretrain.denoiser")
-        return cls(**params)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """Build from the ``pretrain`` parameters (conf/base's parameters_pretrain.yml holds every key)."""
+        return from_mapping(cls, params, cls.KEY_PATH)

@@ -22,15 +22,15 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import pandas as pd
 
-from dpok.config import from_mapping
+from dpok.config import Settings, from_mapping
 
 
 @dataclass(frozen=True)
-class HeadroomRule:
+class HeadroomRule(Settings):
     """The selection rule (``parameters_select_prompts.yml``, key ``select_prompts.rule``).
 
     Attributes:
@@ -42,33 +42,57 @@ class HeadroomRule:
         hash_salt: Salt of the hash that orders prompts; change it for a different, equally fair draw.
     """
 
-    min_solve_rate: float = 0.1
-    max_solve_rate: float = 0.8
-    solved_threshold: float = 1.0
-    train_per_category: int = 3
-    heldout_per_category: int = 3
-    hash_salt: str = "dpok-headroom"
+    KEY_PATH: ClassVar[str] = "select_prompts.rule"
+
+    min_solve_rate: float
+    max_solve_rate: float
+    solved_threshold: float
+    train_per_category: int
+    heldout_per_category: int
+    hash_salt: str
 
     def __post_init__(self) -> None:
         for name in ("min_solve_rate", "max_solve_rate", "solved_threshold"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
-                raise ValueError(f"select_prompts.rule.{name} must be a number in [0, 1], got {value!r}")
+            self.number(name, ge=0, le=1)
         if self.min_solve_rate > self.max_solve_rate:
-            raise ValueError(
-                f"select_prompts.rule.min_solve_rate ({self.min_solve_rate}) must be <= max_solve_rate "
-                f"({self.max_solve_rate})"
-            )
+            self.fail("min_solve_rate", f"<= {self.key('max_solve_rate')} ({self.max_solve_rate})")
         for name in ("train_per_category", "heldout_per_category"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"select_prompts.rule.{name} must be an integer >= 1, got {value!r}")
+            self.integer(name, 1)
         if not isinstance(self.hash_salt, str):
-            raise ValueError(f"select_prompts.rule.hash_salt must be a string, got {self.hash_salt!r}")
+            self.fail("hash_salt", "a string")
 
     @classmethod
     def from_dict(cls, params: Mapping[str, Any] | None) -> HeadroomRule:
-        return from_mapping(cls, params, "select_prompts.rule")
+        return from_mapping(cls, params, cls.KEY_PATH)
+
+
+@dataclass(frozen=True)
+class SelectPromptsConfig(Settings):
+    """All of ``select_prompts`` (``parameters_select_prompts.yml``).
+
+    Attributes:
+        num_seeds: Seeds each candidate prompt is sampled on.
+        seed: Base seed of those (``derive_seeds(seed, num_seeds)``); not the evaluation's seed.
+        score: The alignment score (``dpok.rewards`` registry name) a sample is solved by.
+        rule: :class:`HeadroomRule`.
+    """
+
+    KEY_PATH: ClassVar[str] = "select_prompts"
+
+    num_seeds: int
+    seed: int
+    score: str
+    rule: HeadroomRule
+
+    def __post_init__(self) -> None:
+        self.integer("num_seeds", 1)
+        self.integer("seed", 0)
+        if not isinstance(self.score, str) or not self.score:
+            self.fail("score", "a reward name")
+
+    @classmethod
+    def from_dict(cls, params: Mapping[str, Any] | None) -> SelectPromptsConfig:
+        return from_mapping(cls, params, cls.KEY_PATH)
 
 
 def prompt_hash(prompt: str, salt: str) -> str:

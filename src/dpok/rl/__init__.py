@@ -5,7 +5,7 @@
 - :mod:`~dpok.rl.value`: the value function V_φ(x_t, t, z) (§4)
 - :mod:`~dpok.rl.losses`: advantages, clipped surrogates, per-prompt reward normalisation (§4)
 - :mod:`~dpok.rl.buffer`: the FIFO transition buffer (§4)
-- :mod:`~dpok.rl.config`: ``FinetuneConfig``
+- :mod:`~dpok.rl.config`: ``FinetuneConfig`` (grouped by phase) and ``SFTConfig``
 - :mod:`~dpok.rl.checkpoint`: atomic checkpoints, resume
 - :mod:`~dpok.rl.context`: the checks of a run's inputs, ``RoundContext``: what every phase of a round reads
 - :mod:`~dpok.rl.rollout`: a round's random streams, prompts, trajectories and rewards (§4, steps 1–2)
@@ -20,7 +20,17 @@ No Kedro and no reward model here: a reward is a callable ``reward_fn(images_uin
 
 from dpok.rl.buffer import TransitionBatch, TransitionBuffer
 from dpok.rl.checkpoint import TrainingState, latest_checkpoint, list_checkpoints, load_checkpoint, save_checkpoint
-from dpok.rl.config import SHAPES_LORA_TARGETS, FinetuneConfig
+from dpok.rl.config import (
+    AdvantageConfig,
+    FinetuneConfig,
+    KLConfig,
+    LoraConfig,
+    PolicyConfig,
+    RolloutConfig,
+    RuntimeConfig,
+    SFTConfig,
+    ValueConfig,
+)
 from dpok.rl.kl import KL_FORMS, eps_mse, gaussian_kl, reference_model, step_kl, trajectory_kl_bound
 from dpok.rl.losses import (
     CLIP_MODES,
@@ -44,7 +54,7 @@ from dpok.rl.context import RoundContext
 from dpok.rl.state import RunState, attach_trainable_lora
 from dpok.rl.trainer import METRIC_NAMES, TrainingResult, train_dpok
 from dpok.rl.update import step_weights
-from dpok.rl.sft import SFT_METRIC_NAMES, SFTConfig, SFTResult, sft_loss, train_sft
+from dpok.rl.sft import SFT_METRIC_NAMES, SFTResult, sft_loss, train_sft
 from dpok.rl.value import ValueFunction, prompt_text_feature, value_loss, value_update
 
 __all__ = [
@@ -52,7 +62,13 @@ __all__ = [
     "KL_FORMS",
     "METRIC_NAMES",
     "SFT_METRIC_NAMES",
-    "SHAPES_LORA_TARGETS",
+    "AdvantageConfig",
+    "KLConfig",
+    "LoraConfig",
+    "PolicyConfig",
+    "RolloutConfig",
+    "RuntimeConfig",
+    "ValueConfig",
     "SFTConfig",
     "SFTResult",
     "FinetuneConfig",

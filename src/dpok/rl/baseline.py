@@ -22,23 +22,18 @@ from dpok.rl.value import ValueFunction, prompt_text_feature, value_loss
 if TYPE_CHECKING:
     from dpok.rl.state import RunState
 
-# Weight of a round's out-of-sample value predictions in λ_t a round later (``value_shrinkage``): the
-# last five rounds (≈ 80 trajectories a step with the defaults) carry two thirds of it.
-SHRINKAGE_DECAY = 0.8
-
-
 def value_feature_size(config: FinetuneConfig, latent_shape: Sequence[int]) -> int:
     """The number of V_φ's extra inputs (``value_features``)."""
     latent_size = int(np.prod(latent_shape))
-    return {"latent": 0, "tweedie": latent_size, "tweedie_reward": latent_size + 1}[config.value_features]
+    return {"latent": 0, "tweedie": latent_size, "tweedie_reward": latent_size + 1}[config.value.features]
 
 
 def _reward_statistics(
     run: RunState, config: FinetuneConfig, prompts: list[str], rewards: np.ndarray, groups: list[int]
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per trajectory: the mean and scale that standardise its reward, and whether it trains."""
-    if config.reward_normalisation == "group":
-        return group_statistics(groups, rewards, config.per_prompt_scale)
+    if config.advantage.normalisation == "group":
+        return group_statistics(groups, rewards, config.advantage.per_prompt_scale)
     keep = np.ones(len(rewards), dtype=bool)
     if run.normaliser is not None:
         return (*run.normaliser.statistics(prompts, rewards), keep)
@@ -50,9 +45,9 @@ def _value_features(
 ) -> torch.Tensor | None:
     """The extra inputs of V_φ for every transition of ``trajectory`` (``value_features``), (B·T, F)."""
     config, ranks, pipeline = context.config, context.ranks, context.pipeline
-    if config.value_features == "latent":
+    if config.value.features == "latent":
         return None
-    chunk_size = config.sample_batch_size or -(-config.g_batch // ranks.world_size)
+    chunk_size = config.sample_chunk(ranks.world_size)
     batch, steps = trajectory.batch_size, trajectory.num_steps
     shape = trajectory.latents.shape[2:]
     x_t = trajectory.latents[:, :-1].reshape(batch * steps, *shape)
@@ -61,7 +56,7 @@ def _value_features(
         pipeline.scheduler, trajectory.noise_preds.reshape(batch * steps, *shape), timesteps, x_t
     )
     features = [x0_hat.flatten(1).cpu()]
-    if config.value_features == "tweedie_reward":
+    if config.value.features == "tweedie_reward":
         prompts = [p for p in trajectory.prompts for _ in range(steps)]
         device = pipeline.unet.device
         local = [  # decoding and scoring x̂_0 is the costly part: shared between ranks
@@ -140,11 +135,11 @@ def push_transitions(
         # the few trajectories' rewards and r − V collapses to noise (no learning in a shapes-world test).
         predictions = value_predictions(run.value_fn, trained, first_step, features, context.device)
         baselines = predictions
-        if config.value_shrinkage:
+        if config.value.shrinkage:
             absolute_steps = first_step + step_indices
             # λ_t from earlier rounds' predictions; then these (out-of-sample) predictions join them
             baselines = predictions * run.value_fn.shrinkage().cpu()[absolute_steps]
-            run.value_fn.record_out_of_sample(absolute_steps, predictions, targets, SHRINKAGE_DECAY)
+            run.value_fn.record_out_of_sample(absolute_steps, predictions, targets, config.value.shrinkage_decay)
     raw = torch.as_tensor(rewards[kept], dtype=torch.float64).repeat_interleave(steps)
     total_baseline = (torch.as_tensor(means[kept]).repeat_interleave(steps)
                       + torch.as_tensor(scales[kept]).repeat_interleave(steps) * baselines.double())
@@ -167,7 +162,7 @@ def _value_step(context: RoundContext, run: RunState, batch: TransitionBatch) ->
     ranks, device = context.ranks, context.device
     run.value_optimizer.zero_grad(set_to_none=True)
     total = torch.zeros((), device=device)
-    for chunk in ranks.chunks(len(batch), context.config.update_batch_size):
+    for chunk in ranks.chunks(len(batch), context.config.runtime.update_batch_size):
         rows = batch.rows(chunk).to(device)
         loss = value_loss(
             run.value_fn, rows.latents, rows.step_indices, prompt_text_feature(rows.prompt_embeds), rows.rewards,
@@ -190,8 +185,8 @@ def value_steps(context: RoundContext, run: RunState, round_number: int) -> list
         run.value_fn.fit_score_gain(everything.step_indices, everything.value_features, everything.rewards)
     generator = stream_generator(config.seed, round_number, VALUE_STREAM)
     losses = []
-    for _ in range(config.value_steps):
-        losses.append(_value_step(context, run, run.buffer.sample(config.value_batch_size, generator)))
+    for _ in range(config.value.steps):
+        losses.append(_value_step(context, run, run.buffer.sample(config.value.batch_size, generator)))
     return losses
 
 
@@ -204,6 +199,6 @@ def final_value_variance(run: RunState) -> dict[int, float]:
 
 
 __all__ = [
-    "SHRINKAGE_DECAY", "final_value_variance", "push_transitions", "value_feature_size", "value_predictions",
+    "final_value_variance", "push_transitions", "value_feature_size", "value_predictions",
     "value_steps", "value_variance_ratio", "variance_ratio_by_step",
 ]

@@ -69,7 +69,7 @@ def check_inputs(pipeline, prompts: Sequence[str], config: FinetuneConfig) -> li
     bad = [p for p in prompts if not isinstance(p, str) or not p.strip()]
     if bad:
         raise ValueError(f"prompts must be non-empty strings, got {bad[:3]}")
-    validate_scheduler_for_logprob(pipeline.scheduler, config.num_inference_steps, config.eta)
+    validate_scheduler_for_logprob(pipeline.scheduler, config.sampler.num_inference_steps, config.sampler.eta)
     if ADAPTER_NAME in (getattr(pipeline.unet, "peft_config", None) or {}):
         raise ValueError(
             f"the pipeline's UNet already has a '{ADAPTER_NAME}' LoRA adapter; pass a pipeline without it "
@@ -82,10 +82,10 @@ def prepare_pipeline(pipeline, config: FinetuneConfig) -> None:
     for module in (pipeline.unet, pipeline.vae, pipeline.text_encoder):
         module.requires_grad_(False)
         module.eval()
-    if pipeline.unet.dtype == torch.float16 and config.mixed_precision != "fp16":
+    if pipeline.unet.dtype == torch.float16 and config.runtime.mixed_precision != "fp16":
         logger.warning(
             "the UNet is float16 and finetune.mixed_precision is %r: gradients pass through float16 activations "
-            "without loss scaling and may underflow; mixed_precision: fp16 adds the scaling", config.mixed_precision,
+            "without loss scaling and may underflow; mixed_precision: fp16 adds the scaling", config.runtime.mixed_precision,
         )
 
 

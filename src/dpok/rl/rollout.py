@@ -8,7 +8,7 @@ net are initialised from ``(seed, stream)``. A round therefore depends only on t
 repeats the uninterrupted run exactly. The global RNG states are saved and restored too, for a reward
 function that uses them.
 
-Precision: ``config.mixed_precision`` autocasts the diffusion model's forward passes only (sampling, the
+Precision: ``config.runtime.mixed_precision`` autocasts the diffusion model's forward passes only (sampling, the
 KL report, the policy steps; fp16 adds loss scaling); the LoRA weights and their optimiser, the value
 function and the reward stay float32, whatever the pipeline's dtype.
 """
@@ -36,10 +36,10 @@ _AUTOCAST_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 def diffusion_autocast(config: FinetuneConfig, device: torch.device) -> contextlib.AbstractContextManager:
-    """Autocast for the diffusion model's forward passes (``config.mixed_precision``); a no-op for "no"."""
-    if config.mixed_precision == "no":
+    """Autocast for the diffusion model's forward passes (``config.runtime.mixed_precision``); a no-op for "no"."""
+    if config.runtime.mixed_precision == "no":
         return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=_AUTOCAST_DTYPES[config.mixed_precision])
+    return torch.autocast(device_type=device.type, dtype=_AUTOCAST_DTYPES[config.runtime.mixed_precision])
 
 
 def stream_seed(seed: int, *key: int) -> int:
@@ -53,18 +53,18 @@ def stream_generator(seed: int, *key: int) -> torch.Generator:
 
 def draw_prompts(prompts: list[str], config: FinetuneConfig, round_number: int) -> tuple[list[str], list[int]]:
     """The round's prompts, ``trajectories_per_prompt`` in a row per draw, and each one's group index."""
-    n_groups = config.g_batch // config.trajectories_per_prompt
+    n_groups = config.rollout.g_batch // config.rollout.trajectories_per_prompt
     choice = torch.randint(
         len(prompts), (n_groups,), generator=stream_generator(config.seed, round_number, PROMPT_STREAM)
     )
-    repeat = config.trajectories_per_prompt
+    repeat = config.rollout.trajectories_per_prompt
     return [prompts[i] for i in choice.tolist() for _ in range(repeat)], [g for g in range(n_groups) for _ in range(repeat)]
 
 
 def _initial_noise(unet, config: FinetuneConfig, round_number: int, groups: list[int]) -> torch.Tensor | None:
     """With ``share_initial_noise``, one x_T per group from its own stream; otherwise None (each trajectory
     draws x_T from its own sampling stream, as the stock pipeline does)."""
-    if not config.share_initial_noise:
+    if not config.rollout.share_initial_noise:
         return None
     size = unet.config.sample_size
     shape = (1, unet.config.in_channels, size, size)
@@ -88,13 +88,13 @@ def sample_round(
         sample_trajectories(
             pipeline,
             prompts[chunk.start : chunk.stop],
-            num_inference_steps=config.num_inference_steps,
-            guidance_scale=config.guidance_scale,
-            eta=config.eta,
+            num_inference_steps=config.sampler.num_inference_steps,
+            guidance_scale=config.sampler.guidance_scale,
+            eta=config.sampler.eta,
             generator=[stream_generator(config.seed, round_number, SAMPLING_STREAM, i) for i in chunk],
             latents=None if initial is None else initial[chunk.start : chunk.stop],
         )
-        for chunk in ranks.chunks(len(prompts), config.sample_batch_size)
+        for chunk in ranks.chunks(len(prompts), config.sample_chunk(ranks.world_size))
     ]
     if not ranks.distributed:
         return Trajectory.concatenate(parts)

@@ -19,8 +19,7 @@ The sample set is drawn afresh on each run (no checkpoints: a run takes minutes 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -28,9 +27,8 @@ import torch
 from diffusers import DDPMScheduler
 from tqdm.auto import tqdm
 
-from dpok.config import from_mapping
 from dpok.models.lora import lora_state_dict
-from dpok.rl.config import FinetuneConfig
+from dpok.rl.config import FinetuneConfig, SFTConfig
 from dpok.rl.kl import reference_model, trajectory_kl_bound
 from dpok.rl.sampling import Trajectory, sample_trajectories
 from dpok.rl.context import RewardFn, check_inputs, prepare_pipeline
@@ -39,7 +37,7 @@ from dpok.rl.state import attach_trainable_lora
 
 logger = logging.getLogger(__name__)
 
-KEY_PATH = "finetune.sft"
+KEY_PATH = SFTConfig.KEY_PATH
 # Random streams of SFT (the sample set reuses DPOK's round streams, so its round-1 samples are DPOK's).
 _SFT_BATCH, _SFT_REPORT = 100, 101
 
@@ -47,52 +45,6 @@ SFT_METRIC_NAMES = ("round", "loss", "weighted_mse", "kl_mse", "grad_norm", "kl_
 """Columns of the SFT history, one row per optimiser step: ``round`` is the step number (so the history
 plots like DPOK's), ``loss`` = ``weighted_mse`` + γ·``kl_mse``; ``kl_bound_nats``: DPOK's exact KL bound
 on fresh samples of the fine-tuned model, every ``report_every`` steps (NaN in between)."""
-
-
-@dataclass(frozen=True)
-class SFTConfig:
-    """Settings of reward-weighted SFT (``finetune.sft``); the rest comes from ``finetune.rl``: seed, the
-    sample budget (``num_rounds × g_batch``), prompts per draw, sampler, LoRA, learning rate, weight decay,
-    gradient clipping and precision.
-
-    Attributes:
-        kl_weight: γ, the weight of the supervised KL term (ε-MSE to the pretrained model); 0 is plain
-            reward-weighted fine-tuning.
-        steps: AdamW steps on the sample set.
-        batch_size: Samples per step (drawn with replacement, each with its own t and ε).
-        reward_offset: Added to every reward before it weights its sample; the weights must be ≥ 0, so a
-            reward that can be negative (ImageReward) needs an offset.
-        report_every: Steps between reports of the exact KL bound (``finetune.rl.kl_report_trajectories``
-            fresh samples of the fine-tuned model); 0 reports only at the end.
-    """
-
-    kl_weight: float = 1.0
-    steps: int = 100
-    batch_size: int = 32
-    reward_offset: float = 0.0
-    report_every: int = 20
-
-    def __post_init__(self) -> None:
-        def fail(name: str, requirement: str) -> None:
-            raise ValueError(f"{KEY_PATH}.{name} must be {requirement}, got {getattr(self, name)!r}")
-
-        for name, minimum in (("steps", 1), ("batch_size", 1), ("report_every", 0)):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-                fail(name, f"an integer >= {minimum}")
-        for name in ("kl_weight", "reward_offset"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value):
-                fail(name, "a finite number")
-        if self.kl_weight < 0:
-            fail("kl_weight", ">= 0")
-
-    @classmethod
-    def from_dict(cls, params: Mapping[str, Any] | None) -> SFTConfig:
-        return from_mapping(cls, params, KEY_PATH)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def reward_weights(rewards: np.ndarray, offset: float) -> np.ndarray:
@@ -147,7 +99,7 @@ def sample_pretrained(pipeline, prompts: list[str], reward_fn: RewardFn, config:
     """``num_rounds × g_batch`` samples of the pretrained model, drawn and scored as DPOK's rounds draw
     theirs (same prompt choice, groups and noise streams), without any update in between."""
     latents, drawn, rewards, log = [], [], [], []
-    for round_number in tqdm(range(1, config.num_rounds + 1), desc="SFT: sampling the pretrained model"):
+    for round_number in tqdm(range(1, config.runtime.num_rounds + 1), desc="SFT: sampling the pretrained model"):
         round_prompts, groups = draw_prompts(prompts, config, round_number)
         with diffusion_autocast(config, pipeline.unet.device):
             trajectory = sample_round(pipeline, round_prompts, groups, config, round_number)
@@ -168,7 +120,7 @@ def _prompt_embeddings(pipeline, prompts: list[str]) -> tuple[list[str], torch.T
 
 def _kl_bound(pipeline, prompts: list[str], config: FinetuneConfig, step: int) -> float:
     """DPOK's exact KL bound on fresh samples of the current model (its report, for the comparison table)."""
-    n = config.kl_report_trajectories
+    n = config.runtime.kl_report_trajectories
     if n == 0:
         return float("nan")
     chosen = [prompts[i] for i in torch.randint(
@@ -176,11 +128,11 @@ def _kl_bound(pipeline, prompts: list[str], config: FinetuneConfig, step: int) -
     generators = [stream_generator(config.seed, step, _SFT_REPORT, i) for i in range(n)]
     with torch.no_grad(), diffusion_autocast(config, pipeline.unet.device):
         trajectory: Trajectory = sample_trajectories(
-            pipeline, chosen, num_inference_steps=config.num_inference_steps,
-            guidance_scale=config.guidance_scale, eta=config.eta, generator=generators, output_type="latent",
+            pipeline, chosen, num_inference_steps=config.sampler.num_inference_steps,
+            guidance_scale=config.sampler.guidance_scale, eta=config.sampler.eta, generator=generators, output_type="latent",
         )
         bounds = trajectory_kl_bound(pipeline.unet, pipeline.scheduler, trajectory,
-                                      chunk_size=config.sample_batch_size or config.g_batch)
+                                      chunk_size=config.sample_chunk())
     return float(bounds.mean())
 
 
@@ -204,7 +156,7 @@ def _sft_step(pipeline, data: SampleSet, embeds: torch.Tensor, index_of: dict[st
     loss, parts = sft_loss(model_pred, noise, reference_pred, weights[picked], sft.kl_weight)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
-    grad_norm = torch.nn.utils.clip_grad_norm_(params, rl.max_grad_norm)
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, rl.policy.max_grad_norm)
     optimizer.step()
     return {"loss": float(loss.detach()), **parts, "grad_norm": float(grad_norm)}
 
@@ -234,7 +186,7 @@ def train_sft(
         len(data.prompts), data.rewards.mean(), data.rewards.std(), sft.steps, sft.batch_size, sft.kl_weight,
     )
     params = attach_trainable_lora(pipeline.unet, rl)
-    optimizer = torch.optim.AdamW(params, lr=rl.learning_rate, weight_decay=rl.adam_weight_decay)
+    optimizer = torch.optim.AdamW(params, lr=rl.policy.learning_rate, weight_decay=rl.policy.adam_weight_decay)
     noise_scheduler = DDPMScheduler.from_config(pipeline.scheduler.config)
     unique, embeds = _prompt_embeddings(pipeline, data.prompts)
     index_of = {p: i for i, p in enumerate(unique)}

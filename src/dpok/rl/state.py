@@ -15,7 +15,7 @@ from dpok.models.lora import attach_lora, load_lora_state_dict, lora_state_dict
 from dpok.rl.baseline import value_feature_size
 from dpok.rl.buffer import TransitionBuffer
 from dpok.rl.checkpoint import TrainingState, capture_rng_state, checkpoint_round, restore_rng_state
-from dpok.rl.config import RESUMABLE_CHANGES, FinetuneConfig
+from dpok.rl.config import RESUMABLE_GROUP, FinetuneConfig, flatten
 from dpok.rl.losses import PerPromptRewardNormaliser
 from dpok.rl.rollout import LORA_INIT_STREAM, VALUE_INIT_STREAM, stream_seed
 from dpok.rl.value import ValueFunction
@@ -57,27 +57,27 @@ class RunState:
         device = unet.device
         lora_params = attach_trainable_lora(unet, config)
         value_fn = value_optimizer = None
-        if config.use_value_function:
+        if config.value.enabled:
             with torch.random.fork_rng(devices=[]):
                 torch.default_generator.manual_seed(stream_seed(config.seed, VALUE_INIT_STREAM))
                 latent_shape = (unet.config.in_channels, unet.config.sample_size, unet.config.sample_size)
                 value_fn = ValueFunction(
-                    latent_shape, unet.config.cross_attention_dim, config.num_inference_steps,
+                    latent_shape, unet.config.cross_attention_dim, config.sampler.num_inference_steps,
                     extra_dim=value_feature_size(config, latent_shape),
-                    has_score=config.value_features == "tweedie_reward",
+                    has_score=config.value.features == "tweedie_reward",
                 ).to(device)
-            value_optimizer = torch.optim.AdamW(value_fn.parameters(), lr=config.value_learning_rate)
+            value_optimizer = torch.optim.AdamW(value_fn.parameters(), lr=config.value.learning_rate)
         normaliser = None
-        if config.reward_normalisation == "per_prompt":
+        if config.advantage.normalisation == "per_prompt":
             normaliser = PerPromptRewardNormaliser(
-                config.per_prompt_window, config.per_prompt_min_count, scale=config.per_prompt_scale
+                config.advantage.per_prompt_window, config.advantage.per_prompt_min_count, scale=config.advantage.per_prompt_scale
             )
         return cls(
             lora_params=lora_params,
-            optimizer=torch.optim.AdamW(lora_params, lr=config.learning_rate, weight_decay=config.adam_weight_decay),
+            optimizer=torch.optim.AdamW(lora_params, lr=config.policy.learning_rate, weight_decay=config.policy.adam_weight_decay),
             # Dynamic loss scaling for fp16 only; disabled, its calls are the plain ones (scale(x) is x).
-            scaler=torch.amp.GradScaler(device.type, enabled=config.mixed_precision == "fp16"),
-            buffer=TransitionBuffer(config.buffer_size),
+            scaler=torch.amp.GradScaler(device.type, enabled=config.runtime.mixed_precision == "fp16"),
+            buffer=TransitionBuffer(config.policy.buffer_size),
             value_fn=value_fn,
             value_optimizer=value_optimizer,
             normaliser=normaliser,
@@ -122,7 +122,7 @@ def attach_trainable_lora(unet: torch.nn.Module, config: FinetuneConfig) -> list
     """A fresh LoRA adapter on ``unet``, initialised from the run's seed; its float32 trainable weights."""
     with torch.random.fork_rng(devices=[]):
         torch.default_generator.manual_seed(stream_seed(config.seed, LORA_INIT_STREAM))
-        lora_params = attach_lora(unet, config.lora_rank, config.lora_alpha, config.lora_target_modules)
+        lora_params = attach_lora(unet, config.lora.rank, config.lora.alpha, config.lora.target_modules)
     # The adapter trains in float32 whatever the UNet's dtype: float16 weights would round away updates
     # of lr 1e-5, and the fp16 loss scaler cannot unscale float16 gradients. peft casts at its edges.
     for parameter in lora_params:
@@ -133,21 +133,21 @@ def attach_trainable_lora(unet: torch.nn.Module, config: FinetuneConfig) -> list
 
 def check_resumable(saved: dict[str, Any], config: FinetuneConfig, path: Path) -> None:
     """Refuse to resume from the checkpoint at ``path`` (its settings ``saved``) under other settings than
-    those :data:`~dpok.rl.config.RESUMABLE_CHANGES` allows, or past ``num_rounds``."""
-    current = config.to_dict()
-    changed = sorted(
-        k for k in set(saved) | set(current) if k not in RESUMABLE_CHANGES and saved.get(k) != current.get(k)
-    )
+    the ``runtime`` group's (:data:`~dpok.rl.config.RESUMABLE_GROUP`), or past ``runtime.num_rounds``."""
+    resumable = f"{RESUMABLE_GROUP}."
+    saved = {k: v for k, v in flatten(saved).items() if not k.startswith(resumable)}
+    current = flatten(config.resumable_dict())
+    changed = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
     if changed:
         details = ", ".join(f"finetune.rl.{k}: checkpoint {saved.get(k)!r}, now {current.get(k)!r}" for k in changed)
         raise ValueError(
             f"cannot resume from '{path}': it was written with different settings ({details}). "
-            "Restore them, or set finetune.rl.resume=false to start a fresh run in this folder"
+            "Restore them, or set finetune.rl.runtime.resume=false to start a fresh run in this folder"
         )
-    if checkpoint_round(path) > config.num_rounds:
+    if checkpoint_round(path) > config.runtime.num_rounds:
         raise ValueError(
-            f"cannot resume from '{path}': it is past finetune.rl.num_rounds={config.num_rounds}; raise num_rounds "
-            "or set finetune.rl.resume=false"
+            f"cannot resume from '{path}': it is past finetune.rl.runtime.num_rounds={config.runtime.num_rounds}; "
+            "raise num_rounds or set finetune.rl.runtime.resume=false"
         )
 
 

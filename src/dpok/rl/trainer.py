@@ -185,7 +185,7 @@ def train_dpok(
 
     ``pipeline`` is a diffusers ``StableDiffusionPipeline`` with a DDIM scheduler (modified in place: the
     UNet gets the adapter). ``reward_fn(images_uint8_NHWC, prompts) -> rewards`` scores a batch.
-    Checkpoints go to ``checkpoint_dir`` (see :mod:`dpok.rl.checkpoint`); with ``config.resume`` the
+    Checkpoints go to ``checkpoint_dir`` (see :mod:`dpok.rl.checkpoint`); with ``config.runtime.resume`` the
     run continues from the latest one there. ``on_round(round, metrics)`` is called after each round
     (and its checkpoint, if any).
 
@@ -203,41 +203,41 @@ def train_dpok(
     ranks.barrier()
     previous_run = list_checkpoints(checkpoint_dir)
     saved = None
-    if config.resume and previous_run:
+    if config.runtime.resume and previous_run:
         saved = load_checkpoint(previous_run[-1])
         check_resumable(saved.config, config, previous_run[-1])
 
     prepare_pipeline(pipeline, config)
     run = RunState.create(unet, config)
-    if config.gradient_checkpointing:
+    if config.runtime.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
     resumed_from = last_checkpoint = None
     if saved is not None:
         run.restore(saved, unet)
         resumed_from = last_checkpoint = previous_run[-1]
         previous_run = []  # continued, not replaced
-        logger.info("Resuming DPOK from %s (round %d of %d)", resumed_from, run.round, config.num_rounds)
+        logger.info("Resuming DPOK from %s (round %d of %d)", resumed_from, run.round, config.runtime.num_rounds)
     elif previous_run and ranks.is_main:
         logger.info(
-            "finetune.rl.resume is false: %d old checkpoint(s) in %s will be deleted once this run's first "
+            "finetune.rl.runtime.resume is false: %d old checkpoint(s) in %s will be deleted once this run's first "
             "checkpoint is written", len(previous_run), checkpoint_dir,
         )
     context = RoundContext(pipeline=pipeline, prompts=prompts, reward_fn=reward_fn, config=config, ranks=ranks,
                            step_weights=step_weights(scheduler, config))
 
-    bar = tqdm(total=config.num_rounds, initial=run.round, disable=not progress or not ranks.is_main,
+    bar = tqdm(total=config.runtime.num_rounds, initial=run.round, disable=not progress or not ranks.is_main,
                desc="DPOK rounds")
     try:
-        for round_number in range(run.round + 1, config.num_rounds + 1):
+        for round_number in range(run.round + 1, config.runtime.num_rounds + 1):
             metrics = _train_round(context, run, round_number)
             run.history.append(metrics)
-            if round_number % config.checkpoint_every == 0 or round_number == config.num_rounds:
+            if round_number % config.runtime.checkpoint_every == 0 or round_number == config.runtime.num_rounds:
                 if ranks.is_main:
                     last_checkpoint = save_checkpoint(checkpoint_dir, run.capture(unet, config))
                     if previous_run:  # a fresh run replaces the old one only now that it has a checkpoint
                         remove_checkpoints(p for p in previous_run if p != last_checkpoint)
                         previous_run = []
-                    prune_checkpoints(checkpoint_dir, config.keep_last_checkpoints)
+                    prune_checkpoints(checkpoint_dir, config.runtime.keep_last_checkpoints)
                 ranks.barrier()  # the others wait: the round's checkpoint exists before anyone goes on
                 if not ranks.is_main:
                     last_checkpoint = list_checkpoints(checkpoint_dir)[-1]
@@ -249,7 +249,7 @@ def train_dpok(
             bar.set_postfix(reward=f"{metrics['reward_mean']:.4f}", kl=f"{metrics['kl_bound_nats']:.3g}")
             logger.info(
                 "round %d/%d: reward %.4f ± %.4f, KL bound %.4g nats, ratio dev %.3g, V ratio %.3g, skipped %d",
-                round_number, config.num_rounds, metrics["reward_mean"], metrics["reward_std"],
+                round_number, config.runtime.num_rounds, metrics["reward_mean"], metrics["reward_std"],
                 metrics["kl_bound_nats"], metrics["ratio_dev"], metrics["value_variance_ratio"],
                 metrics["skipped_steps"],
             )

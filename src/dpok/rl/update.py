@@ -30,10 +30,10 @@ _MICRO_STATS = ("policy_loss", "kl_penalty", "ratio_dev", "clip_fraction")
 def step_weights(scheduler, config: FinetuneConfig) -> torch.Tensor:
     """The surrogate's weight of each step of the schedule, (T,): ones, or with ``step_weighting:
     equalise`` mean(|c|/σ over the trained steps) / (|c_t|/σ_t)."""
-    scheduler.set_timesteps(config.num_inference_steps)
-    if config.step_weighting == "none":
-        return torch.ones(config.num_inference_steps)
-    scale = policy_gradient_scale(scheduler, scheduler.timesteps, config.eta)
+    scheduler.set_timesteps(config.sampler.num_inference_steps)
+    if config.policy.step_weighting == "none":
+        return torch.ones(config.sampler.num_inference_steps)
+    scale = policy_gradient_scale(scheduler, scheduler.timesteps, config.sampler.eta)
     first, stop = config.train_steps()
     return scale[first:stop].mean() / scale
 
@@ -50,31 +50,31 @@ def _policy_microbatch(
     timesteps, x_t = batch.timesteps, batch.latents
     cond, uncond = batch.prompt_embeds, batch.negative_prompt_embeds
     reference_output = None
-    if config.kl_weight > 0:
+    if config.kl.weight > 0:
         with torch.no_grad(), reference_model(unet), diffusion_autocast(config, x_t.device):
-            reference_output = guided_noise_prediction(unet, x_t, timesteps, cond, uncond, config.guidance_scale)
+            reference_output = guided_noise_prediction(unet, x_t, timesteps, cond, uncond, config.sampler.guidance_scale)
     with diffusion_autocast(config, x_t.device):
-        model_output = guided_noise_prediction(unet, x_t, timesteps, cond, uncond, config.guidance_scale)
+        model_output = guided_noise_prediction(unet, x_t, timesteps, cond, uncond, config.sampler.guidance_scale)
     _, log_prob = ddim_step_with_logprob(
-        scheduler, model_output, timesteps, x_t, config.eta, prev_sample=batch.next_latents
+        scheduler, model_output, timesteps, x_t, config.sampler.eta, prev_sample=batch.next_latents
     )
     ratio = torch.exp(log_prob - batch.log_probs)
     # The baseline was predicted when the transition entered the buffer, before V_φ regressed its reward
     # (zero without a value function).
-    advantage = advantages(batch.rewards, batch.baselines, config.reward_weight)
-    step_weight = None if config.step_weighting == "none" else context.step_weights.to(x_t.device)[batch.step_indices]
-    surrogate = policy_loss(config.clip_mode, advantage, ratio, config.clip_range, step_weight)
+    advantage = advantages(batch.rewards, batch.baselines, config.advantage.reward_weight)
+    step_weight = None if config.policy.step_weighting == "none" else context.step_weights.to(x_t.device)[batch.step_indices]
+    surrogate = policy_loss(config.policy.clip_mode, advantage, ratio, config.policy.clip_range, step_weight)
     loss = surrogate
     kl = torch.full((), float("nan"))
     if reference_output is not None:
-        kl = step_kl(config.kl_form, scheduler, model_output, reference_output, timesteps, x_t, config.eta).mean()
-        loss = surrogate + config.kl_weight * kl
+        kl = step_kl(config.kl.form, scheduler, model_output, reference_output, timesteps, x_t, config.sampler.eta).mean()
+        loss = surrogate + config.kl.weight * kl
     ratio = ratio.detach()
     stats = {
         "policy_loss": surrogate.detach(),
         "kl_penalty": kl.detach(),
         "ratio_dev": (ratio - 1).abs().mean(),
-        "clip_fraction": ((ratio - 1).abs() > config.clip_range).float().mean(),
+        "clip_fraction": ((ratio - 1).abs() > config.policy.clip_range).float().mean(),
     }
     return loss, stats
 
@@ -95,7 +95,7 @@ def _microbatch_gradients(
         parameter.grad = None
     local = torch.zeros(1 + len(_MICRO_STATS), device=device)
     bad_loss = None
-    for rows in ranks.chunks(len(batch), config.update_batch_size):
+    for rows in ranks.chunks(len(batch), config.runtime.update_batch_size):
         loss, stats = _policy_microbatch(context, batch.rows(rows).to(device))
         share = len(rows) / len(batch)
         values = [(~torch.isfinite(loss)).float(), *(stats[k].float() * share for k in _MICRO_STATS)]
@@ -103,7 +103,7 @@ def _microbatch_gradients(
         if not torch.isfinite(loss):
             bad_loss = loss.detach()
             continue
-        run.scaler.scale(loss * share / config.accum).backward()
+        run.scaler.scale(loss * share / config.policy.accum).backward()
     ranks.sum_gradients(run.lora_params)
     for parameter, earlier in zip(run.lora_params, accumulated):
         if earlier is not None:
@@ -118,8 +118,8 @@ def _policy_step(
     config, ranks = context.config, context.ranks
     run.optimizer.zero_grad(set_to_none=True)
     micro_stats: list[dict[str, torch.Tensor]] = []
-    for _ in range(config.accum):
-        batch = run.buffer.sample(config.p_batch, generator)
+    for _ in range(config.policy.accum):
+        batch = run.buffer.sample(config.policy.p_batch, generator)
         agreed, bad_loss = _microbatch_gradients(context, run, batch)
         if agreed[0] > 0:  # every rank skips the step together
             run.optimizer.zero_grad(set_to_none=True)
@@ -128,7 +128,7 @@ def _policy_step(
             return f"non-finite loss{value}{where}", float("nan"), []
         micro_stats.append(dict(zip(_MICRO_STATS, agreed[1:])))
     run.scaler.unscale_(run.optimizer)  # true gradients before the norm (no-op unless fp16)
-    grad_norm = float(torch.nn.utils.clip_grad_norm_(run.lora_params, config.max_grad_norm))
+    grad_norm = float(torch.nn.utils.clip_grad_norm_(run.lora_params, config.policy.max_grad_norm))
     if not np.isfinite(grad_norm):
         run.optimizer.zero_grad(set_to_none=True)
         problem = f"non-finite gradient norm ({grad_norm})"
@@ -148,9 +148,9 @@ def policy_steps(context: RoundContext, run: RunState, round_number: int) -> dic
     stats: dict[str, list[float]] = {"policy_loss": [], "kl_penalty": [], "ratio_dev": [], "clip_fraction": []}
     grad_norms, skipped = [], 0
     if len(run.buffer):
-        context.scheduler.set_timesteps(config.num_inference_steps)
+        context.scheduler.set_timesteps(config.sampler.num_inference_steps)
         generator = stream_generator(config.seed, round_number, POLICY_STREAM)
-        for step in range(config.p_step):
+        for step in range(config.policy.p_step):
             problem, grad_norm, micro_stats = _policy_step(context, run, generator)
             if problem is not None:
                 skipped += 1
@@ -170,15 +170,15 @@ def kl_report(context: RoundContext, trajectory: Trajectory) -> float:
     """The exact KL bound (nats) averaged over the round's first ``kl_report_trajectories`` trajectories
     (shared between ranks)."""
     config, ranks = context.config, context.ranks
-    if config.kl_report_trajectories == 0:
+    if config.runtime.kl_report_trajectories == 0:
         return float("nan")
-    share = ranks.shard(min(config.kl_report_trajectories, trajectory.batch_size))
+    share = ranks.shard(min(config.runtime.kl_report_trajectories, trajectory.batch_size))
     bounds = []
     if len(share):
         with diffusion_autocast(config, context.device):
             bounds = [trajectory_kl_bound(
                 context.unet, context.scheduler, trajectory.subset(share) if ranks.distributed else trajectory,
-                num_trajectories=len(share), chunk_size=config.sample_batch_size or config.g_batch,
+                num_trajectories=len(share), chunk_size=config.sample_chunk(),
             ).cpu()]
     return float(torch.cat(ranks.gather(bounds)).mean())
 

@@ -35,20 +35,23 @@ from dpok.models import load_lora
 logger = logging.getLogger(__name__)
 
 
+_RERUN_BASE = "`kedro run --pipelines pretrained_samples`"
+
+
 def _check_same_settings(pretrained_summary: dict[str, Any], config: SamplingConfig) -> None:
     saved, current = pretrained_summary.get("settings", {}), config.sampler_settings()
     changed = {k: (saved.get(k), v) for k, v in current.items() if saved.get(k) != v}
     if changed:
         raise ValueError(
-            "the base-model samples were drawn with other settings than `pretrained` now has "
-            f"({', '.join(f'{k}: {a!r} → {b!r}' for k, (a, b) in changed.items())}); rerun "
-            "`kedro run --pipelines pretrained` so both models see the same prompts and noise"
+            "the base-model samples were drawn with other settings than `pretrained_samples` and `sampler` now "
+            f"give ({', '.join(f'{k}: {a!r} → {b!r}' for k, (a, b) in changed.items())}); rerun "
+            f"{_RERUN_BASE} so both models see the same prompts and noise"
         )
     scored, wanted = sorted(pretrained_summary.get("scores", {})), sorted(config.score_kinds())
     if scored != wanted:
         raise ValueError(
-            f"the base-model samples were scored with {scored} but `pretrained` now lists {wanted}; rerun "
-            "`kedro run --pipelines pretrained` so both models are scored alike"
+            f"the base-model samples were scored with {scored} but `pretrained_samples` now lists {wanted}; "
+            f"rerun {_RERUN_BASE} so both models are scored alike"
         )
 
 
@@ -58,10 +61,11 @@ def sample_finetuned_images(
     pretrained_manifest: pd.DataFrame,
     pretrained_sampling_summary: dict[str, Any],
     params: dict[str, Any],
+    sampler: dict[str, Any],
 ) -> tuple[dict[str, Callable[[], Image.Image]], LazyScoredSamples]:
     """The base model's prompts and seeds again, with the LoRA loaded; drawn and scored lazily."""
     started = time.perf_counter()
-    config = SamplingConfig.from_dict(params)
+    config = SamplingConfig.from_params(params, sampler)
     _check_same_settings(pretrained_sampling_summary, config)
     score_fns = score_functions({**config.rewards, **config.quality})
     scores = pretrained_sampling_summary["scores"]
@@ -69,8 +73,8 @@ def sample_finetuned_images(
     plan = pretrained_manifest[list(PLAN_COLUMNS) + extra]
     pipeline = load_lora(base_model, lora)
     sampler = pipeline_sampler(
-        pipeline, num_inference_steps=config.num_inference_steps, guidance_scale=config.guidance_scale,
-        eta=config.eta, device=config.device,
+        pipeline, num_inference_steps=config.sampler.num_inference_steps,
+        guidance_scale=config.sampler.guidance_scale, eta=config.sampler.eta, device=config.device,
     )
     samples = LazyScoredSamples(plan, sampler, score_fns, config.batch_size, started=started)
     logger.info("Fine-tuned model (LoRA %s): %d images on the base model's prompts and seeds", lora, len(plan))
@@ -78,10 +82,10 @@ def sample_finetuned_images(
 
 
 def write_finetuned_manifest(
-    finetuned_samples: dict[str, Any], samples: LazyScoredSamples, params: dict[str, Any]
+    finetuned_samples: dict[str, Any], samples: LazyScoredSamples, params: dict[str, Any], sampler: dict[str, Any]
 ) -> tuple[pd.DataFrame, dict[str, Any], dict[str, Any]]:
     """Once the PNGs are written: the manifest, the sampling summary and its MLflow metrics."""
-    config = SamplingConfig.from_dict(params)
+    config = SamplingConfig.from_params(params, sampler)
     return finish_sample_set(
         samples, finetuned_samples, config.sampler_settings(), config.score_kinds(), "finetuned", "Fine-tuned"
     )
@@ -89,10 +93,10 @@ def write_finetuned_manifest(
 
 def compare_scores(
     pretrained_manifest: pd.DataFrame, finetuned_manifest: pd.DataFrame, sampling_params: dict[str, Any],
-    params: dict[str, Any],
+    sampler: dict[str, Any], params: dict[str, Any],
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """metrics.json (means, bootstrap CIs, paired differences per split and category) and its MLflow form."""
-    sampling, config = SamplingConfig.from_dict(sampling_params), EvaluateConfig.from_dict(params)
+    sampling, config = SamplingConfig.from_params(sampling_params, sampler), EvaluateConfig.from_dict(params)
     kinds = sampling.score_kinds()
     paired = pair_manifests(pretrained_manifest, finetuned_manifest, list(kinds))
     metrics = comparison_metrics(
@@ -107,7 +111,7 @@ def compare_scores(
 
 def _check_sets(pretrained_manifest, finetuned_manifest, pretrained_samples, finetuned_samples) -> None:
     """The stored image sets are the ones their manifests describe (not a set half-replaced by a killed run)."""
-    check_saved(pretrained_manifest, pretrained_samples, "base-model", rerun="kedro run --pipelines pretrained")
+    check_saved(pretrained_manifest, pretrained_samples, "base-model", rerun="kedro run --pipelines pretrained_samples")
     check_saved(finetuned_manifest, finetuned_samples, "fine-tuned", rerun="kedro run --pipelines evaluate")
 
 
@@ -152,11 +156,12 @@ def write_report(
     finetune_curves: Image.Image,
     finetune_reward_curves: Image.Image,
     sampling_params: dict[str, Any],
+    sampler: dict[str, Any],
     params: dict[str, Any],
 ) -> tuple[str, dict[str, Any], dict[str, Any]]:
     """report.md and the evaluate pipeline's time split (runs last: it takes every figure it links as input,
     the finetune pipeline's curves included, which sit in the same folder)."""
-    sampling, config = SamplingConfig.from_dict(sampling_params), EvaluateConfig.from_dict(params)
+    sampling, config = SamplingConfig.from_params(sampling_params, sampler), EvaluateConfig.from_dict(params)
     timing = dict(finetuned_sampling_summary["timing"])
     wall = max(time.time() - timing["started_unix"], 1e-9)
     timing["pipeline_wall_seconds"] = wall

@@ -15,19 +15,21 @@ def create_pipeline(**kwargs) -> Pipeline:
         [
             Node(
                 sample_finetuned_images,
-                ["base_model", "lora", "pretrained_manifest", "pretrained_sampling_summary", "params:pretrained"],
+                ["base_model", "lora", "pretrained_manifest", "pretrained_sampling_summary", "params:pretrained_samples",
+                 "params:sampler"],
                 ["finetuned_samples", "finetuned_sampling_run"],
                 name="sample_finetuned_images_node",
             ),
             Node(
                 write_finetuned_manifest,
-                ["finetuned_samples", "finetuned_sampling_run", "params:pretrained"],
+                ["finetuned_samples", "finetuned_sampling_run", "params:pretrained_samples", "params:sampler"],
                 ["finetuned_manifest", "finetuned_sampling_summary", "finetuned_mlflow_metrics"],
                 name="write_finetuned_manifest_node",
             ),
             Node(
                 compare_scores,
-                ["pretrained_manifest", "finetuned_manifest", "params:pretrained", "params:evaluate"],
+                ["pretrained_manifest", "finetuned_manifest", "params:pretrained_samples", "params:sampler",
+                 "params:evaluate"],
                 ["evaluation_metrics", "evaluation_mlflow_metrics"],
                 name="compare_scores_node",
             ),
@@ -54,7 +56,7 @@ def create_pipeline(**kwargs) -> Pipeline:
                 [
                     "evaluation_metrics", "pretrained_manifest", "finetuned_manifest", "finetuned_sampling_summary",
                     "human_eval_summary", "comparison_grid", "finetune_curves", "finetune_reward_curves",
-                    "params:pretrained", "params:evaluate",
+                    "params:pretrained_samples", "params:sampler", "params:evaluate",
                 ],
                 ["evaluation_report", "evaluate_timing", "evaluate_timing_mlflow_metrics"],
                 name="write_report_node",

@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import mlflow
 import pandas as pd
 from diffusers import StableDiffusionPipeline
 from PIL import Image
 
-from dpok.config import from_mapping
+from dpok.config import Settings, check_keys, from_mapping, to_plain
 from dpok.devices import check_device_name, resolve_device
 from dpok.evaluation.history import learning_curves, training_reward_curves
 from dpok.models import check_prompt_words
@@ -26,7 +27,6 @@ from dpok.provenance import (
 )
 from dpok.rewards import weighted_reward
 from dpok.rl import FinetuneConfig, SFTConfig, train_dpok, train_sft
-from dpok.rl.config import RESUMABLE_CHANGES
 from dpok.rl.distributed import Ranks, check_launch, launched_world_size, start_ranks
 
 logger = logging.getLogger(__name__)
@@ -37,8 +37,9 @@ VALUE_BY_STEP_COLUMNS = ("step", "value_variance_ratio")
 
 
 @dataclass(frozen=True)
-class FinetuneRunConfig:
-    """The `finetune` parameters around the RL hyperparameters.
+class FinetuneRunConfig(Settings):
+    """All of ``finetune`` (``parameters_finetune.yml``, with the shared ``sampler``), typed: built once by
+    the validation node and passed on as this object.
 
     Attributes:
         reward: Reward names from the registry (``dpok.rewards.available_rewards()``) and their weights;
@@ -52,41 +53,53 @@ class FinetuneRunConfig:
         device: ``auto`` (CUDA if available), ``cpu``, ``cuda`` or ``cuda:N``.
         method: ``dpok`` (online RL, :func:`dpok.rl.train_dpok`) or ``sft`` (reward-weighted supervised
             fine-tuning on the pretrained model's samples, :func:`dpok.rl.train_sft`, the paper's baseline).
-        rl: :class:`dpok.rl.FinetuneConfig` fields (SFT uses the seed, sample budget, sampler, LoRA and
-            optimiser settings).
-        sft: :class:`dpok.rl.SFTConfig` fields (``method: sft`` only).
+        sft: :class:`dpok.rl.SFTConfig` (``method: sft`` only).
+        rl: :class:`dpok.rl.FinetuneConfig` (SFT uses the seed, sample budget, sampler, LoRA and optimiser
+            settings).
     """
 
-    reward: dict[str, float] = field(default_factory=lambda: {"shapes_judge": 1.0})
-    reward_kwargs: dict[str, dict[str, Any]] = field(default_factory=dict)
-    train_split: str = "train"
-    checkpoint_dir: str = "data/06_models/checkpoints"
-    device: str = "auto"
-    method: str = "dpok"
-    rl: dict[str, Any] = field(default_factory=dict)
-    sft: dict[str, Any] = field(default_factory=lambda: SFTConfig().to_dict())
+    KEY_PATH: ClassVar[str] = "finetune"
+
+    reward: dict[str, float]
+    reward_kwargs: dict[str, dict[str, Any]]
+    train_split: str
+    checkpoint_dir: str
+    device: str
+    method: str
+    sft: SFTConfig
+    rl: FinetuneConfig
+
+    def __post_init__(self) -> None:
+        self.choice("method", METHODS)
+        if not isinstance(self.reward, Mapping) or not self.reward:
+            self.fail("reward", "a mapping of reward names to weights, e.g. {shapes_judge: 1.0}")
+        if not isinstance(self.reward_kwargs, Mapping):
+            self.fail("reward_kwargs", "a mapping of reward names to keyword arguments")
+        if not isinstance(self.train_split, str) or not self.train_split:
+            self.fail("train_split", "a split name of the prompt table")
+        if not isinstance(self.checkpoint_dir, str) or not self.checkpoint_dir:
+            self.fail("checkpoint_dir", "a folder path")
+        self.reward_fn()  # unknown names and stray reward_kwargs fail here, naming what is available
+        check_device_name(self.key("device"), self.device)
 
     @classmethod
-    def from_dict(cls, params: dict[str, Any]) -> FinetuneRunConfig:
-        config = from_mapping(cls, params, "finetune")
-        FinetuneConfig.from_dict(config.rl)
-        SFTConfig.from_dict(config.sft)
-        if config.method not in METHODS:
-            raise ValueError(f"finetune.method must be one of {list(METHODS)}, got {config.method!r}")
-        if not isinstance(config.reward, dict) or not config.reward:
-            raise ValueError("finetune.reward must map reward names to weights, e.g. {shapes_judge: 1.0}")
-        config.reward_fn()  # unknown names and stray reward_kwargs fail here, naming what is available
-        check_device_name("finetune.device", config.device)
-        return config
+    def from_params(cls, params: Mapping[str, Any] | None, sampler: Mapping[str, Any]) -> FinetuneRunConfig:
+        """Build from the ``finetune`` and ``sampler`` parameters; unknown, missing and bad keys are errors
+        naming their full path."""
+        params = check_keys(params, {f.name for f in fields(cls)}, cls.KEY_PATH)
+        return from_mapping(cls, params, cls.KEY_PATH, rl=FinetuneConfig.from_params(params.get("rl"), sampler))
 
     def reward_fn(self):
         """The weighted reward; building it is cheap (weights load on the first call)."""
         return weighted_reward(dict(self.reward), **{k: dict(v) for k, v in self.reward_kwargs.items()})
 
 
-def validate_finetune_params(params: dict[str, Any], prompts: pd.DataFrame) -> dict[str, Any]:
-    """Check every parameter and the training prompts before any model is loaded."""
-    config = FinetuneRunConfig.from_dict(params)
+def validate_finetune_params(
+    params: dict[str, Any], sampler: dict[str, Any], prompts: pd.DataFrame
+) -> tuple[FinetuneRunConfig, pd.DataFrame]:
+    """Check every parameter and the training prompts before any model is loaded: the typed configuration
+    and the training prompts (``prompt``, ``category``) every later node takes."""
+    config = FinetuneRunConfig.from_params(params, sampler)
     check_launch()
     if config.method == "sft" and launched_world_size() > 1:
         raise ValueError(
@@ -99,21 +112,23 @@ def validate_finetune_params(params: dict[str, Any], prompts: pd.DataFrame) -> d
             f"no prompt has split '{config.train_split}' (finetune.train_split); splits present: "
             f"{sorted(prompts['split'].unique())}"
         )
-    rl = FinetuneConfig.from_dict(config.rl)
+    rl = config.rl
     if config.method == "sft":
-        sft = SFTConfig.from_dict(config.sft)
+        sft = config.sft
         logger.info(
             "SFT: %d training prompts, %d samples of the pretrained model, %d steps of %d, γ=%g, reward %s",
-            len(train), rl.num_rounds * rl.g_batch, sft.steps, sft.batch_size, sft.kl_weight, config.reward,
+            len(train), rl.runtime.num_rounds * rl.rollout.g_batch, sft.steps, sft.batch_size, sft.kl_weight,
+            config.reward,
         )
     else:
         logger.info(
             "DPOK: %d training prompts, %d rounds × %d trajectories, reward %s, KL %s β=%g, clip %s ε=%g",
-            len(train), rl.num_rounds, rl.g_batch, config.reward, rl.kl_form, rl.kl_weight, rl.clip_mode,
-            rl.clip_range,
+            len(train), rl.runtime.num_rounds, rl.rollout.g_batch, config.reward, rl.kl.form, rl.kl.weight,
+            rl.policy.clip_mode, rl.policy.clip_range,
         )
-    categories = train["category"].tolist() if "category" in train.columns else [None] * len(train)
-    return {"run": config.__dict__, "train_prompts": train["prompt"].tolist(), "train_categories": categories}
+    categories = train["category"] if "category" in train.columns else None
+    return config, pd.DataFrame({"prompt": train["prompt"].tolist(),
+                                 "category": None if categories is None else categories.tolist()})
 
 
 def _log_round_to_mlflow(round_number: int, metrics: dict[str, float]) -> None:
@@ -123,12 +138,11 @@ def _log_round_to_mlflow(round_number: int, metrics: dict[str, float]) -> None:
 
 
 def run_settings(config: FinetuneRunConfig, prompts: list[str], model: str) -> dict[str, Any]:
-    """Everything besides code that shapes a run's result (not its length or checkpoint knobs)."""
-    rl = {k: v for k, v in FinetuneConfig.from_dict(config.rl).to_dict().items() if k not in RESUMABLE_CHANGES}
-    settings = {"rl": rl, "reward": config.reward, "reward_kwargs": config.reward_kwargs, "prompts": prompts,
-                "model": model}
-    if config.method != "dpok":  # DPOK's fingerprints stay what they were before SFT existed
-        settings |= {"method": config.method, "sft": SFTConfig.from_dict(config.sft).to_dict()}
+    """Everything besides code that shapes a run's result (not its length or checkpoint knobs: ``runtime``)."""
+    settings = {"rl": config.rl.resumable_dict(), "reward": to_plain(config.reward),
+                "reward_kwargs": to_plain(config.reward_kwargs), "prompts": prompts, "model": model}
+    if config.method != "dpok":
+        settings |= {"method": config.method, "sft": config.sft.to_dict()}
     return settings
 
 
@@ -161,25 +175,25 @@ def _checkpoint_folder(config: FinetuneRunConfig, prompts: list[str], model: str
     return folder
 
 
-def finetune(pipeline: StableDiffusionPipeline, validated: dict[str, Any]):
+def finetune(pipeline: StableDiffusionPipeline, config: FinetuneRunConfig, train_prompts: pd.DataFrame):
     """Run DPOK; returns the adapted UNet (saved as LoRA by the catalog), the history table (a row per
-    round) and the training rewards (a row per sampled trajectory: round, prompt, category, reward)."""
-    config = FinetuneRunConfig(**validated["run"])
-    prompts = validated["train_prompts"]
+    round), the training rewards (a row per sampled trajectory: round, prompt, category, reward) and the
+    value baseline's variance ratio per step."""
+    prompts = train_prompts["prompt"].tolist()
     # A closed-vocabulary tokenizer (the shapes world's) refuses unknown words; CLIP's accepts all.
     check_prompt_words(pipeline.tokenizer, prompts)
     ranks, rank_device = start_ranks(config.device)
     pipeline.to(rank_device or resolve_device(config.device))
     model = str(pipeline.config.get("_name_or_path", ""))
     if config.method == "sft":
-        return _finetune_sft(pipeline, config, prompts, validated)
+        return _finetune_sft(pipeline, config, train_prompts)
     checkpoint_dir = _checkpoint_folder(config, prompts, model, ranks)
     logger.info("Checkpoints: %s", checkpoint_dir)
     result = train_dpok(
         pipeline,
         prompts,
         config.reward_fn(),
-        FinetuneConfig.from_dict(config.rl),
+        config.rl,
         checkpoint_dir,
         on_round=_log_round_to_mlflow,
         ranks=ranks,
@@ -189,23 +203,21 @@ def finetune(pipeline: StableDiffusionPipeline, validated: dict[str, Any]):
     value_by_step = pd.DataFrame(
         list(result.value_variance_by_step.items()), columns=list(VALUE_BY_STEP_COLUMNS)
     )
-    return (pipeline.unet, pd.DataFrame(result.history), _reward_table(result.reward_log, prompts, validated),
-            value_by_step)
+    return pipeline.unet, pd.DataFrame(result.history), _reward_table(result.reward_log, train_prompts), value_by_step
 
 
-def _finetune_sft(pipeline, config: FinetuneRunConfig, prompts: list[str], validated: dict[str, Any]):
+def _finetune_sft(pipeline, config: FinetuneRunConfig, train_prompts: pd.DataFrame):
     """``method: sft``: the same outputs as DPOK's (the LoRA, a history, the sampled rewards); the history
     has a row per SFT step, the rewards are those of the pretrained model's samples it learned from."""
-    rl, sft = FinetuneConfig.from_dict(config.rl), SFTConfig.from_dict(config.sft)
-    result = train_sft(pipeline, prompts, config.reward_fn(), rl, sft)
+    result = train_sft(pipeline, train_prompts["prompt"].tolist(), config.reward_fn(), config.rl, config.sft)
     for row in result.history:
         _log_round_to_mlflow(int(row["round"]), {f"sft_{k}": v for k, v in row.items()})
-    return (pipeline.unet, pd.DataFrame(result.history), _reward_table(result.reward_log, prompts, validated),
+    return (pipeline.unet, pd.DataFrame(result.history), _reward_table(result.reward_log, train_prompts),
             pd.DataFrame(columns=list(VALUE_BY_STEP_COLUMNS)))
 
 
-def _reward_table(reward_log: list[list[Any]], prompts: list[str], validated: dict[str, Any]) -> pd.DataFrame:
-    category = dict(zip(prompts, validated.get("train_categories") or [None] * len(prompts)))
+def _reward_table(reward_log: list[list[Any]], train_prompts: pd.DataFrame) -> pd.DataFrame:
+    category = dict(zip(train_prompts["prompt"], train_prompts["category"]))
     rewards = pd.DataFrame(reward_log, columns=["round", "prompt", "reward"])
     rewards.insert(2, "category", rewards["prompt"].map(category))
     return rewards
@@ -219,7 +231,6 @@ def plot_learning_curves(history: pd.DataFrame, value_by_step: pd.DataFrame) -> 
     return learning_curves(history, value_by_step=value_by_step)
 
 
-def plot_training_rewards(rewards: pd.DataFrame, validated: dict[str, Any]) -> Image.Image:
+def plot_training_rewards(rewards: pd.DataFrame, config: FinetuneRunConfig) -> Image.Image:
     """Training reward against trajectories sampled, smoothed, overall and per category."""
-    g_batch = FinetuneConfig.from_dict(validated["run"]["rl"]).g_batch
-    return training_reward_curves(rewards, trajectories_per_round=g_batch)
+    return training_reward_curves(rewards, trajectories_per_round=config.rl.rollout.g_batch)

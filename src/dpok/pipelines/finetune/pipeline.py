@@ -14,13 +14,13 @@ def create_pipeline(**kwargs) -> Pipeline:
         [
             Node(
                 validate_finetune_params,
-                ["params:finetune", "finetune_prompts"],
-                "finetune_validated",
+                ["params:finetune", "params:sampler", "finetune_prompts"],
+                ["finetune_config", "finetune_train_prompts"],
                 name="validate_finetune_params_node",
             ),
             Node(
                 finetune,
-                ["base_model", "finetune_validated"],
+                ["base_model", "finetune_config", "finetune_train_prompts"],
                 ["lora", "finetune_history", "finetune_rewards", "finetune_value_by_step"],
                 name="finetune_node",
             ),
@@ -32,7 +32,7 @@ def create_pipeline(**kwargs) -> Pipeline:
             ),
             Node(
                 plot_training_rewards,
-                ["finetune_rewards", "finetune_validated"],
+                ["finetune_rewards", "finetune_config"],
                 "finetune_reward_curves",
                 name="plot_training_rewards_node",
             ),

@@ -12,6 +12,7 @@ import torch
 from diffusers import StableDiffusionPipeline
 from PIL import Image
 
+from dpok.config import SamplerConfig, from_mapping
 from dpok.evaluation import curves_figure, image_grid
 from dpok.evaluation.sampling import generate_seeded_images
 from dpok.models import assemble_pipeline, build_ddim_scheduler, build_word_tokenizer
@@ -29,15 +30,14 @@ from dpok.world import CaptionSkew, enumerate_prompts, judge, parse_prompt, qual
 logger = logging.getLogger(__name__)
 
 
-def validate_pretrain_params(params: dict[str, Any]) -> dict[str, Any]:
-    """Fail on a bad parameter before any rendering or training; returns the normalised config."""
+def validate_pretrain_params(params: dict[str, Any]) -> PretrainConfig:
+    """Fail on a bad parameter before any rendering or training; the typed config the other nodes take."""
     config = PretrainConfig.from_dict(params)
     CaptionSkew.from_dict(config.skew)
-    return config.to_dict()
+    return config
 
 
-def render_training_set(config: dict[str, Any]) -> tuple[np.ndarray, list[str]]:
-    cfg = PretrainConfig.from_dict(config)
+def render_training_set(cfg: PretrainConfig) -> tuple[np.ndarray, list[str]]:
     start = time.perf_counter()
     images, captions = render_caption_dataset(
         cfg.num_images, CaptionSkew.from_dict(cfg.skew), seed=cfg.seed, image_size=cfg.image_size
@@ -50,8 +50,7 @@ def render_training_set(config: dict[str, Any]) -> tuple[np.ndarray, list[str]]:
     return images, captions
 
 
-def train_autoencoder_node(images: np.ndarray, config: dict[str, Any]):
-    cfg = PretrainConfig.from_dict(config)
+def train_autoencoder_node(images: np.ndarray, cfg: PretrainConfig):
     start = time.perf_counter()
     vae, history = train_autoencoder(images, cfg.autoencoder, seed=cfg.seed)
     latents = encode_latents(vae, images)
@@ -64,9 +63,8 @@ def train_autoencoder_node(images: np.ndarray, config: dict[str, Any]):
     return vae, latents * scaling, {"seconds": time.perf_counter() - start, "history": history}
 
 
-def refine_decoder_node(vae, images: np.ndarray, config: dict[str, Any]):
+def refine_decoder_node(vae, images: np.ndarray, cfg: PretrainConfig):
     """The decoder-only second stage (skipped when ``refine_decoder_steps`` is 0)."""
-    cfg = PretrainConfig.from_dict(config)
     if cfg.autoencoder.refine_decoder_steps == 0:
         return vae, {"seconds": 0.0, "history": []}
     start = time.perf_counter()
@@ -75,8 +73,7 @@ def refine_decoder_node(vae, images: np.ndarray, config: dict[str, Any]):
     return refined, {"seconds": time.perf_counter() - start, "history": history}
 
 
-def train_denoiser_node(latents: torch.Tensor, captions: list[str], config: dict[str, Any]):
-    cfg = PretrainConfig.from_dict(config)
+def train_denoiser_node(latents: torch.Tensor, captions: list[str], cfg: PretrainConfig):
     start = time.perf_counter()
     tokenizer = build_word_tokenizer(vocabulary(), model_max_length=cfg.tokenizer_max_length)
     scheduler = build_ddim_scheduler(cfg.scheduler)
@@ -87,8 +84,7 @@ def train_denoiser_node(latents: torch.Tensor, captions: list[str], config: dict
     return unet, text_encoder, tokenizer, {"seconds": time.perf_counter() - start, "history": history}
 
 
-def assemble_base_model(vae, unet, text_encoder, tokenizer, config: dict[str, Any]) -> StableDiffusionPipeline:
-    cfg = PretrainConfig.from_dict(config)
+def assemble_base_model(vae, unet, text_encoder, tokenizer, cfg: PretrainConfig) -> StableDiffusionPipeline:
     return assemble_pipeline(vae, unet, text_encoder, tokenizer, build_ddim_scheduler(cfg.scheduler))
 
 
@@ -118,10 +114,13 @@ def plot_pretraining(
 
 
 def report_base_model(
-    pipeline: StableDiffusionPipeline, prompts: pd.DataFrame, config: dict[str, Any], report: dict[str, Any]
+    pipeline: StableDiffusionPipeline, prompts: pd.DataFrame, config: PretrainConfig, report: dict[str, Any],
+    sampler: dict[str, Any],
 ) -> tuple[Image.Image, dict[str, Any], pd.DataFrame]:
-    """Judge and quality of the base model on fixed seeds: per category and per rarity."""
-    skew = CaptionSkew.from_dict(PretrainConfig.from_dict(config).skew)
+    """Judge and quality of the base model on fixed seeds, drawn with the shared sampler: per category and
+    per rarity."""
+    sampler = from_mapping(SamplerConfig, sampler, SamplerConfig.KEY_PATH)
+    skew = CaptionSkew.from_dict(config.skew)
     table = prompts[["prompt", "category"]].copy()
     table["rarity"] = [skew.rarity(p) for p in table["prompt"]]
     rng = np.random.default_rng(report["seed"])
@@ -137,7 +136,7 @@ def report_base_model(
     start = time.perf_counter()
     images = generate_seeded_images(
         pipeline, all_prompts, seeds,
-        num_inference_steps=report["num_inference_steps"], guidance_scale=report["guidance_scale"],
+        num_inference_steps=sampler.num_inference_steps, guidance_scale=sampler.guidance_scale, eta=sampler.eta,
         batch_size=report["batch_size"],
     )
     scores = pd.DataFrame(
@@ -149,7 +148,7 @@ def report_base_model(
         }
     ).merge(table, on="prompt")
     metrics = {
-        "settings": {k: report[k] for k in ("seeds_per_prompt", "num_inference_steps", "guidance_scale")} | {"eta": 1.0},
+        "settings": {"seeds_per_prompt": report["seeds_per_prompt"], **sampler.to_dict()},
         "seconds_sampling": time.perf_counter() - start,
         "overall": scores[["judge", "quality"]].mean().to_dict(),
         "per_rarity": scores.groupby("rarity")[["judge", "quality"]].mean().to_dict("index"),

@@ -53,7 +53,7 @@ def create_pipeline(**kwargs) -> Pipeline:
             ),
             Node(
                 report_base_model,
-                ["shapes_base_model_out", "pretrain_prompts", "pretrain_config", "params:pretrain_report"],
+                ["shapes_base_model_out", "pretrain_prompts", "pretrain_config", "params:pretrain_report", "params:sampler"],
                 ["base_model_grid", "base_model_report", "base_model_scores"],
                 name="report_base_model_node",
             ),

@@ -10,37 +10,27 @@ import pandas as pd
 from diffusers import StableDiffusionPipeline
 from tqdm.auto import tqdm
 
-from dpok.config import check_keys
 from dpok.evaluation import SamplingConfig, derive_seeds
 from dpok.evaluation.sampling import pipeline_sampler, score_functions
-from dpok.prompts.headroom import HeadroomRule, select_headroom_prompts, solve_rates
+from dpok.prompts.headroom import SelectPromptsConfig, select_headroom_prompts, solve_rates
 from dpok.world.grammar import CATEGORIES, enumerate_prompts, parse_prompt
 
 logger = logging.getLogger(__name__)
 
 
-def _selection_settings(params: dict[str, Any]) -> tuple[HeadroomRule, int, int, str]:
-    params = check_keys(params, {"rule", "num_seeds", "seed", "score"}, "select_prompts")
-    rule = HeadroomRule.from_dict(params.get("rule"))
-    num_seeds, seed = params.get("num_seeds", 16), params.get("seed", 1)
-    for name, value, minimum in (("num_seeds", num_seeds, 1), ("seed", seed, 0)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-            raise ValueError(f"select_prompts.{name} must be an integer >= {minimum}, got {value!r}")
-    return rule, num_seeds, seed, str(params.get("score", "shapes_judge"))
-
-
 def measure_candidates(
-    base_model: StableDiffusionPipeline, params: dict[str, Any], sampling: dict[str, Any]
+    base_model: StableDiffusionPipeline, params: dict[str, Any], sampling: dict[str, Any], sampler: dict[str, Any]
 ) -> pd.DataFrame:
     """Every grammar prompt × ``num_seeds`` seeds from the base model, scored: one row per image."""
-    rule, num_seeds, seed, score = _selection_settings(params)
-    config = SamplingConfig.from_dict(sampling)
+    selection = SelectPromptsConfig.from_dict(params)
+    num_seeds, seed, score = selection.num_seeds, selection.seed, selection.score
+    config = SamplingConfig.from_params(sampling, sampler)
     if seed == config.seed:
-        logger.warning("select_prompts.seed equals pretrained.seed: the selection sees the evaluation's noise")
+        logger.warning("select_prompts.seed equals pretrained_samples.seed: the selection sees the evaluation's noise")
     score_fn = score_functions({score: {}})[score]
     sample = pipeline_sampler(
-        base_model, num_inference_steps=config.num_inference_steps, guidance_scale=config.guidance_scale,
-        eta=config.eta, device=config.device,
+        base_model, num_inference_steps=config.sampler.num_inference_steps,
+        guidance_scale=config.sampler.guidance_scale, eta=config.sampler.eta, device=config.device,
     )
     prompts = enumerate_prompts()
     seeds = derive_seeds(seed, num_seeds)
@@ -58,7 +48,7 @@ def measure_candidates(
 
 def select_prompts(scores: pd.DataFrame, params: dict[str, Any]) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
     """The rule applied to the measured scores: the prompt file, the per-candidate rates, a summary."""
-    rule = _selection_settings(params)[0]
+    rule = SelectPromptsConfig.from_dict(params).rule
     rates = solve_rates(scores, rule.solved_threshold)
     table, summary = select_headroom_prompts(rates, rule)
     for category in CATEGORIES:

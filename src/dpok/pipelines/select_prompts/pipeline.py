@@ -8,7 +8,7 @@ def create_pipeline(**kwargs) -> Pipeline:
         [
             Node(
                 measure_candidates,
-                ["base_model", "params:select_prompts", "params:pretrained"],
+                ["base_model", "params:select_prompts", "params:pretrained_samples", "params:sampler"],
                 "headroom_candidate_scores",
                 name="measure_candidates_node",
             ),

@@ -1,4 +1,4 @@
-"""The pretrained pipeline on the tiny model: PNGs written lazily, a manifest scored per image."""
+"""The pretrained_samples pipeline on the tiny model: PNGs written lazily, a manifest scored per image."""
 
 import numpy as np
 import pandas as pd
@@ -8,8 +8,10 @@ from PIL import Image
 
 from dpok.evaluation.manifest import pixel_digest
 from dpok.evaluation.sampling import generate_seeded_images
-from dpok.pipelines.pretrained import create_pipeline
-from dpok.pipelines.pretrained.nodes import sample_pretrained_images
+from dpok.pipelines.pretrained_samples import create_pipeline
+from dpok.pipelines.pretrained_samples.nodes import sample_pretrained_images
+
+from helpers import split_sampling
 
 
 @pytest.fixture(scope="module")
@@ -67,10 +69,12 @@ def test_pretrained_records_the_time_split_and_settings(pretrained_run):
 @pytest.mark.parametrize(
     "change, message",
     [
-        ({"eta": 1.5}, r"pretrained\.eta must be a number in \[0, 1\]"),
-        ({"images_per_prompt": 0}, r"pretrained\.images_per_prompt must be an integer >= 1"),
-        ({"bogus": 1}, r"unknown key\(s\) pretrained\.bogus;"),
-        ({"rewards": "shapes_judge"}, r"pretrained\.rewards must be a list"),
+        ({"eta": 1.5}, r"sampler\.eta must be a number > 0 and <= 1"),
+        ({"sampler_overrides": {"eta": 0}}, r"sampler\.eta must be a number > 0 and <= 1.*pretrained_samples\.sampler_overrides"),
+        ({"sampler_overrides": {"steps": 3}}, r"unknown key\(s\) sampler\.steps.*pretrained_samples\.sampler_overrides"),
+        ({"images_per_prompt": 0}, r"pretrained_samples\.images_per_prompt must be an integer >= 1"),
+        ({"bogus": 1}, r"unknown key\(s\) pretrained_samples\.bogus;"),
+        ({"rewards": "shapes_judge"}, r"pretrained_samples\.rewards must be a list"),
         ({"rewards": ["no_such_reward"]}, r"unknown reward 'no_such_reward'"),
         ({"quality": ["jpeg_compressibility"]}, r"not also listed under rewards"),
     ],
@@ -78,4 +82,4 @@ def test_pretrained_records_the_time_split_and_settings(pretrained_run):
 def test_bad_parameters_fail_before_any_image_is_drawn(change, message, tiny_base_model, tiny_sampling):
     prompts = pd.DataFrame({"prompt": ["a red circle"], "category": ["color"], "split": ["train"]})
     with pytest.raises((ValueError, KeyError), match=message):
-        sample_pretrained_images(tiny_base_model, prompts, {**tiny_sampling, **change})
+        sample_pretrained_images(tiny_base_model, prompts, *split_sampling({**tiny_sampling, **change}))
