@@ -296,7 +296,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         _reset_peak(device)
         with tempfile.TemporaryDirectory() as folder:
             seconds, result = _timed(
-                lambda: train_dpok(round_pipeline, [PROMPT], imagereward, config, folder, progress=False), device
+                lambda pipe=round_pipeline: train_dpok(pipe, [PROMPT], imagereward, config, folder, progress=False),
+                device,
             )
         row = result.history[0]
         report[key] = {

@@ -65,14 +65,19 @@ def _finetune_params() -> dict:
 
 # (case, change to the finetune parameters, error type, words the message must contain)
 PARAMETERS = [
-    ("out of range (--params finetune.rl.learning_rate=0)", lambda p: p["rl"].update(learning_rate=0),
-     ValueError, ["finetune.rl.learning_rate must be > 0, got 0"]),
-    ("unknown key (finetune.rl.lr)", lambda p: p["rl"].update(lr=1e-3), ValueError,
-     ["unknown key(s) finetune.rl.lr", "expected some of"]),
-    ("wrong type (YAML 2e-3 is text)", lambda p: p["rl"].update(learning_rate="2e-3"), ValueError,
-     ["finetune.rl.learning_rate must be a number > 0, got '2e-3'", "write 1.0e-3"]),
-    ("group size not dividing g_batch", lambda p: p["rl"].update(trajectories_per_prompt=3), ValueError,
-     ["finetune.rl.trajectories_per_prompt must be a divisor of finetune.rl.g_batch (16)"]),
+    ("out of range (--params finetune.rl.policy.learning_rate=0)",
+     lambda p: p["rl"]["policy"].update(learning_rate=0),
+     ValueError, ["finetune.rl.policy.learning_rate must be a number > 0, got 0"]),
+    ("unknown key (finetune.rl.policy.lr)", lambda p: p["rl"]["policy"].update(lr=1e-3), ValueError,
+     ["unknown key(s) finetune.rl.policy.lr", "expected some of"]),
+    ("a setting of the flat layout of before (finetune.rl.learning_rate)",
+     lambda p: p["rl"].update(learning_rate=1e-3), ValueError, ["unknown key(s) finetune.rl.learning_rate"]),
+    ("missing key (finetune.rl.kl.weight)", lambda p: p["rl"]["kl"].pop("weight"), ValueError,
+     ["missing key(s) finetune.rl.kl.weight", "conf/base"]),
+    ("wrong type (YAML 2e-3 is text)", lambda p: p["rl"]["policy"].update(learning_rate="2e-3"), ValueError,
+     ["finetune.rl.policy.learning_rate must be a number > 0, got '2e-3'", "write 1.0e-3"]),
+    ("group size not dividing g_batch", lambda p: p["rl"]["rollout"].update(trajectories_per_prompt=3), ValueError,
+     ["finetune.rl.rollout.trajectories_per_prompt must be a divisor of finetune.rl.rollout.g_batch (16)"]),
     ("unknown reward name", lambda p: p.update(reward={"image_reward": 1.0}), Exception,
      ["unknown reward 'image_reward'", "available rewards"]),
     ("options for a reward without a weight", lambda p: p.update(reward_kwargs={"aesthetic": {}}), ValueError,
@@ -86,7 +91,7 @@ def test_a_bad_parameter_names_its_full_key_before_anything_loads(case, change, 
     params = _finetune_params()
     change(params)
     with pytest.raises(error) as raised:
-        validate_finetune_params(params, TRAIN)
+        validate_finetune_params(params, project_parameters()["sampler"], TRAIN)
     for word in words:
         assert word in str(raised.value), (case, str(raised.value))
 
@@ -119,7 +124,7 @@ def test_a_damaged_checkpoint_names_the_folder_and_what_to_do(tiny_pipeline, tmp
     with pytest.raises(ValueError) as raised:
         load_checkpoint(checkpoint)
     assert f"checkpoint '{checkpoint}' is damaged" in str(raised.value)
-    assert "Delete that folder" in str(raised.value) and "finetune.rl.resume=false" in str(raised.value)
+    assert "Delete that folder" in str(raised.value) and "finetune.rl.runtime.resume=false" in str(raised.value)
 
 
 def _config(rounds: int) -> FinetuneConfig:
@@ -165,6 +170,6 @@ if __name__ == "__main__":  # the matrix with its messages, for the docs and the
         params = _finetune_params()
         change(params)
         try:
-            validate_finetune_params(params, TRAIN)
+            validate_finetune_params(params, project_parameters()["sampler"], TRAIN)
         except Exception as error:  # noqa: BLE001 (printing what each case raises)
             print(f"| {case} | {error} |")

@@ -1,7 +1,10 @@
 """One home per setting: conf/base holds every setting once, an environment only what differs (Kedro's soft
-merge of parameters, output folders by globals), and the dataclass defaults are conf/base's values."""
+merge of parameters, output folders by globals), and the configuration dataclasses hold no defaults of their
+own: every run, test and script builds them from conf/base."""
 
 from __future__ import annotations
+
+import dataclasses
 
 import pytest
 import yaml
@@ -9,12 +12,11 @@ from kedro.framework.project import pipelines
 from kedro.framework.startup import bootstrap_project
 
 from dpok.pipelines.finetune.nodes import FinetuneRunConfig
-from dpok.rl import FinetuneConfig
 from helpers import ROOT, catalog_file, load_config
 
 ENVIRONMENTS = ("shapes_single", "sd15")
 # What a run of an environment writes (the pretrain and select_prompts outputs are shared inputs).
-RUN_PIPELINES = ("prompts", "pretrained", "finetune", "evaluate", "human_eval_import")
+RUN_PIPELINES = ("prompts", "pretrained_samples", "finetune", "evaluate", "human_eval_import")
 
 
 @pytest.fixture(scope="module")
@@ -23,11 +25,54 @@ def loaded():
     return {env: load_config(ROOT, env) for env in ("local", *ENVIRONMENTS)}
 
 
-def test_finetune_dataclass_defaults_are_conf_base(loaded):
-    finetune = loaded["local"]["parameters"]["finetune"]
-    assert FinetuneConfig().to_dict() == finetune["rl"]
-    run_defaults = {k: v for k, v in FinetuneRunConfig().__dict__.items() if k != "rl"}
-    assert run_defaults == {k: v for k, v in finetune.items() if k != "rl"}
+def _config_classes() -> list[type]:
+    import dpok.evaluation.config
+    import dpok.pretraining.config
+    import dpok.prompts.headroom
+    import dpok.rl.config
+    from dpok.config import SamplerConfig, Settings
+
+    modules = (dpok.evaluation.config, dpok.prompts.headroom, dpok.pretraining.config, dpok.rl.config)
+    found = {SamplerConfig, FinetuneRunConfig}
+    for module in modules:
+        found |= {v for v in vars(module).values()
+                  if isinstance(v, type) and issubclass(v, Settings) and dataclasses.is_dataclass(v)}
+    return sorted(found, key=lambda cls: cls.__name__)
+
+
+def test_configuration_dataclasses_hold_no_defaults_of_their_own():
+    classes = _config_classes()
+    assert len(classes) >= 15
+    with_defaults = [f"{cls.__name__}.{f.name}" for cls in classes for f in dataclasses.fields(cls)
+                     if f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING]
+    assert not with_defaults, f"defaults live in conf/base only: {with_defaults}"
+
+
+def test_conf_base_builds_every_block_and_the_finetune_block_round_trips(loaded):
+    from dpok.evaluation import EvaluateConfig, HumanEvalConfig, HumanEvalImportConfig, SamplingConfig
+    from dpok.pretraining import PretrainConfig
+    from dpok.prompts.headroom import SelectPromptsConfig
+
+    params = loaded["local"]["parameters"]
+    finetune = FinetuneRunConfig.from_params(params["finetune"], params["sampler"])
+    assert finetune.to_dict() == {**params["finetune"], "rl": {**params["finetune"]["rl"], "sampler": params["sampler"]}}
+    sampling = SamplingConfig.from_params(params["pretrained_samples"], params["sampler"])
+    assert sampling.sampler == finetune.rl.sampler  # one sampler for training and evaluation
+    EvaluateConfig.from_dict(params["evaluate"])
+    HumanEvalConfig.from_dict(params["human_eval"])
+    HumanEvalImportConfig.from_dict(params["human_eval_import"])
+    PretrainConfig.from_dict(params["pretrain"])
+    SelectPromptsConfig.from_dict(params["select_prompts"])
+
+
+def test_an_environment_that_changes_the_sampler_changes_it_for_training_and_evaluation(loaded):
+    from dpok.evaluation import SamplingConfig
+    from dpok.rl import FinetuneConfig
+
+    params = loaded["sd15"]["parameters"]  # (its reward files are not here: the RL settings alone)
+    training = FinetuneConfig.from_params(params["finetune"]["rl"], params["sampler"]).sampler
+    evaluation = SamplingConfig.from_params(params["pretrained_samples"], params["sampler"]).sampler
+    assert training == evaluation and (training.num_inference_steps, training.guidance_scale) == (50, 7.5)
 
 
 def _leaves(tree: dict, prefix: str = "") -> dict[str, object]:
@@ -51,7 +96,8 @@ def test_an_environment_file_holds_only_what_differs_from_base(env, loaded):
     assert not repeated, f"settings equal to conf/base (delete them from conf/{env}): {repeated}"
     # and what is not there comes from base
     merged = loaded[env]["parameters"]
-    assert merged["finetune"]["rl"]["eta"] == loaded["local"]["parameters"]["finetune"]["rl"]["eta"]
+    assert merged["sampler"]["eta"] == loaded["local"]["parameters"]["sampler"]["eta"]
+    assert merged["finetune"]["rl"]["kl"]["form"] == loaded["local"]["parameters"]["finetune"]["rl"]["kl"]["form"]
 
 
 @pytest.mark.parametrize("env", ENVIRONMENTS)
@@ -99,9 +145,9 @@ def test_dvc_exp_run_set_param_can_rewrite_every_parameter_file(path, tmp_path):
     assert rewritten[top]["dvc_probe"] == 1
     del rewritten[top]["dvc_probe"]
     original = yaml.safe_load(path.read_text())
-    # DVC writes YAML 1.2, so "no" loses its quotes and YAML 1.1 (Kedro) reads False: FinetuneConfig maps it back.
+    # DVC writes YAML 1.2, so "no" loses its quotes and YAML 1.1 (Kedro) reads False: RuntimeConfig maps it back.
     for data in (rewritten, original):
-        rl = data.get("finetune", {}).get("rl", {})
-        if rl.get("mixed_precision") is False:
-            rl["mixed_precision"] = "no"
+        runtime = data.get("finetune", {}).get("rl", {}).get("runtime", {})
+        if runtime.get("mixed_precision") is False:
+            runtime["mixed_precision"] = "no"
     assert rewritten == original

@@ -22,8 +22,8 @@ from helpers import BIN, OFFLINE_ENV, copy_project
 
 ROUNDS = 3
 PARAMS = (
-    f"finetune.rl.num_rounds={ROUNDS},finetune.rl.checkpoint_every=1,finetune.rl.num_inference_steps=4,"
-    "finetune.rl.g_batch=8,finetune.rl.p_batch=8,finetune.rl.accum=1,finetune.rl.kl_report_trajectories=1"
+    f"finetune.rl.runtime.num_rounds={ROUNDS},finetune.rl.runtime.checkpoint_every=1,sampler.num_inference_steps=4,"
+    "finetune.rl.rollout.g_batch=8,finetune.rl.policy.p_batch=8,finetune.rl.policy.accum=1,finetune.rl.runtime.kl_report_trajectories=1"
 )
 # the same thread count for every run (bitwise comparable); MLflow's file store, which a fresh copy opens
 # without the sqlite store's seconds of migrations (tracking is not what these tests kill)
@@ -152,8 +152,8 @@ def test_a_kill_at_any_point_then_a_rerun_gives_the_uninterrupted_lora(point, tm
 
 
 PRETRAINED = [
-    str(BIN / "kedro"), "run", "--pipelines", "pretrained", "--params",
-    "pretrained.images_per_prompt=4,pretrained.batch_size=8,pretrained.num_inference_steps=4",
+    str(BIN / "kedro"), "run", "--pipelines", "pretrained_samples", "--params",
+    "pretrained_samples.images_per_prompt=4,pretrained_samples.batch_size=8,sampler.num_inference_steps=4",
 ]
 
 

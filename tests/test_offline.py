@@ -20,7 +20,7 @@ def _no_network_available() -> str | None:
 
 
 OFFLINE_SKIP = pytest.mark.skipif(_no_network_available() is not None, reason=str(_no_network_available()))
-SMALL = "finetune.rl.num_rounds=1,finetune.rl.num_inference_steps=4,pretrained.images_per_prompt=2"
+SMALL = "finetune.rl.runtime.num_rounds=1,sampler.num_inference_steps=4,pretrained_samples.images_per_prompt=2"
 
 
 def _run_without_network(project, *args: str) -> None:

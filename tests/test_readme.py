@@ -59,7 +59,8 @@ def test_registry_list_and_viz_build_offline(tmp_path):
     project = copy_project(tmp_path)
     listed = subprocess.run([str(BIN / "kedro"), "registry", "list"], cwd=project, env=ENV, capture_output=True, text=True, timeout=120)
     assert listed.returncode == 0, listed.stderr
-    for name in ("__default__", "prompts", "pretrain", "pretrained", "finetune", "evaluate", "human_eval_import"):
+    for name in ("__default__", "prompts", "pretrain", "pretrained_samples", "pretrained", "finetune", "evaluate",
+                 "human_eval_import"):
         assert f"- {name}\n" in listed.stdout
     built = subprocess.run([str(BIN / "kedro"), "viz", "build"], cwd=project, env=ENV, capture_output=True, text=True, timeout=300)
     assert built.returncode == 0, built.stderr[-2000:]

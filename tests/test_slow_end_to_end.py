@@ -41,7 +41,7 @@ def test_dvc_repro_end_to_end_then_nothing_then_only_finetune_and_evaluate(clone
     assert metrics
     out, _ = sh("dvc repro", clone)
     assert "Running stage" not in out, out
-    out, _ = sh("dvc exp run -S 'conf/base/parameters_finetune.yml:finetune.rl.kl_weight=0.02'", clone)
+    out, _ = sh("dvc exp run -S 'conf/base/parameters_finetune.yml:finetune.rl.kl.weight=0.02'", clone)
     ran = {line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage")}
     assert ran == {"finetune", "evaluate"}, out
     shown, _ = sh("dvc exp show --no-pager --md", clone)

@@ -7,7 +7,7 @@ With the environment's model (or ``--model``), training prompts, reward and ``fi
 measures:
 
 - ``sampler``: the stock ``StableDiffusionPipeline`` call against :func:`dpok.rl.sample_trajectories` on
-  the same prompts, noise, steps, CFG and η (``g_batch`` images; after ``--warmup`` untimed calls of
+  the same prompts, noise, steps, CFG and η (``rollout.g_batch`` images; after ``--warmup`` untimed calls of
   each, alternating so that drift in machine load hits both alike, ``--repeats`` timed calls of each);
   ``ratio`` = ours / stock of the medians (ours also keeps every latent and log-probability), with
   ``paired_ratio`` (median ratio of back-to-back calls) and ``min_ratio`` (ratio of the minima), which

@@ -122,6 +122,11 @@ class Settings:
         """Normalise a field of the frozen dataclass (a YAML list to a tuple, say) after checking it."""
         object.__setattr__(self, name, value)
 
+    @classmethod
+    def from_dict(cls, params: Mapping[str, Any] | None):
+        """Build from the block's parameters (:func:`from_mapping` at ``KEY_PATH``)."""
+        return from_mapping(cls, params, cls.KEY_PATH)
+
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON/YAML types, nested blocks as mappings and tuples as lists (what the YAML holds)."""
         return to_plain(self)

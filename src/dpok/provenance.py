@@ -15,8 +15,8 @@ from typing import Any
 PACKAGE_ROOT = Path(__file__).resolve().parent
 
 # The parts of the package a finetune run executes: the algorithm, the rewards, model loading and LoRA,
-# the shapes world (judge and quality), device handling and the finetune node itself.
-RUN_CODE = ("rl", "rewards", "models", "world", "devices.py", "pipelines/finetune")
+# the shapes world (judge and quality), the settings and image plumbing, device handling and the finetune node.
+RUN_CODE = ("rl", "rewards", "models", "world", "config.py", "devices.py", "images.py", "pipelines/finetune")
 
 IDENTITY_FILE = "identity.json"
 

@@ -4,7 +4,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from kedro.config import OmegaConfigLoader
 from kedro.framework.project import pipelines
 from kedro.framework.startup import bootstrap_project
@@ -52,14 +51,14 @@ def kedro_outputs() -> dict[str, set[str]]:
 
 
 def test_one_stage_per_pipeline_running_it(dvc_stages, kedro_outputs):
-    expected = {"prompts", "pretrain", "pretrained", "finetune", "evaluate"}
+    expected = {"prompts", "pretrain", "pretrained_samples", "finetune", "evaluate"}
     assert set(dvc_stages) == expected
     assert expected <= set(kedro_outputs)
     for name, stage in dvc_stages.items():
         assert stage["cmd"] == f"kedro run --pipelines {name}"
 
 
-@pytest.mark.parametrize("name", ["prompts", "pretrain", "pretrained", "finetune", "evaluate"])
+@pytest.mark.parametrize("name", ["prompts", "pretrain", "pretrained_samples", "finetune", "evaluate"])
 def test_stage_outputs_match_the_catalog(name, dvc_stages, kedro_outputs):
     outs = _out_paths(dvc_stages[name])
     kedro = kedro_outputs[name]
@@ -108,5 +107,5 @@ def test_the_finetune_stage_depends_on_all_the_code_a_run_executes(dvc_stages):
 
 def test_stages_that_write_through_the_projects_datasets_depend_on_them(dvc_stages):
     """The image sets, the LoRA and the model folder are written by dpok.datasets: a change there reruns them."""
-    for stage in ("pretrained", "finetune", "evaluate"):
+    for stage in ("pretrained_samples", "finetune", "evaluate"):
         assert "src/dpok/datasets" in dvc_stages[stage]["deps"], stage

@@ -6,8 +6,8 @@ import tracemalloc
 import numpy as np
 import pandas as pd
 import pytest
-from synthetic import FakeSampler, fake_image, mean_pixel
 from kedro_datasets.partitions import PartitionedDataset
+from synthetic import FakeSampler, fake_image, mean_pixel
 
 from dpok.evaluation import LazyScoredSamples, derive_seeds, sampling_plan
 

@@ -17,8 +17,8 @@ from dpok.evaluation.history import learning_curves
 from dpok.evaluation.metrics import _group_seed
 from dpok.pipelines.evaluate import create_pipeline as evaluate_pipeline
 from dpok.pipelines.pretrained_samples import create_pipeline as pretrained_pipeline
-
 from helpers import XSS_PROMPT, split_sampling
+
 HISTORY = pd.DataFrame({
     "round": range(1, 6), "reward_mean": [0.1, 0.2, 0.3, 0.35, 0.4], "reward_std": 0.1, "reward_min": 0.0,
     "reward_max": 1.0, "kl_bound_nats": [0.0, 0.01, 0.02, 0.03, 0.04], "policy_loss": [0.5, 0.4, 0.3, 0.2, 0.1],

@@ -11,12 +11,12 @@ import torch
 from kedro.io import DataCatalog, MemoryDataset
 from kedro.runner import SequentialRunner
 
-from dpok.config import project_parameters
+from dpok.config import project_parameters, with_overrides
 from dpok.models import ModelSourceError, load_lora, load_pipeline
 from dpok.pipelines.finetune import create_pipeline
 from dpok.pipelines.finetune.nodes import FinetuneRunConfig, validate_finetune_params
-from dpok.rl import FinetuneConfig
 from dpok.rewards import UnknownRewardError
+from dpok.rl import FinetuneConfig, SFTConfig
 
 ROOT = Path(__file__).resolve().parents[2]
 SHIPPED = ROOT / "data/06_models/shapes_base"
@@ -26,13 +26,18 @@ def base_params() -> dict:
     return project_parameters()["finetune"]
 
 
+# The shared sampler of these runs: 4 steps (the tiny settings' training and the LoRA check below).
+TINY_SAMPLER = {**project_parameters()["sampler"], "num_inference_steps": 4}
+
+
 def tiny_settings(params: dict, tmp_path: Path) -> dict:
     params = copy.deepcopy(params)
     params["checkpoint_dir"] = str(tmp_path / "checkpoints")
-    params["rl"].update(
-        num_rounds=2, g_batch=4, num_inference_steps=4, p_batch=4, accum=1, p_step=1, value_batch_size=8,
-        value_steps=1, buffer_size=64, kl_report_trajectories=1, checkpoint_every=1,
-    )
+    params["rl"] = with_overrides(params["rl"], {
+        "runtime.num_rounds": 2, "rollout.g_batch": 4, "policy.p_batch": 4, "policy.accum": 1, "policy.p_step": 1,
+        "value.batch_size": 8, "value.steps": 1, "policy.buffer_size": 64, "runtime.kl_report_trajectories": 1,
+        "runtime.checkpoint_every": 1,
+    }, "finetune.rl")
     return params
 
 
@@ -42,10 +47,12 @@ PROMPTS = pd.DataFrame({"prompt": ["a green triangle", "a red circle"], "categor
 @pytest.mark.parametrize(
     "change, error, message",
     [
-        (lambda p: p["rl"].update(learning_rate=0.0), ValueError, "finetune.rl.learning_rate must be"),
-        (lambda p: p["rl"].update(kl_weight=-0.1), ValueError, "finetune.rl.kl_weight"),
-        (lambda p: p["rl"].update(p_batch=2000), ValueError, "p_batch"),
-        (lambda p: p["rl"].update(kl_form="l2"), ValueError, "kl_form"),
+        (lambda p: p["rl"]["policy"].update(learning_rate=0.0), ValueError, "finetune.rl.policy.learning_rate must be"),
+        (lambda p: p["rl"]["kl"].update(weight=-0.1), ValueError, "finetune.rl.kl.weight"),
+        (lambda p: p["rl"]["policy"].update(p_batch=2000), ValueError, "p_batch"),
+        (lambda p: p["rl"]["kl"].update(form="l2"), ValueError, "kl.form"),
+        (lambda p: p["rl"].update(num_rounds=3), ValueError, r"unknown key\(s\) finetune\.rl\.num_rounds"),
+        (lambda p: p["rl"]["runtime"].pop("num_rounds"), ValueError, r"missing key\(s\) finetune\.rl\.runtime\.num_rounds"),
         (lambda p: p.update(reward={"image_reward_typo": 1.0}), UnknownRewardError, "image_reward_typo"),
         (lambda p: p.update(train_split="dev"), ValueError, "no prompt has split 'dev'"),
         (lambda p: p.update(device="tpu"), ValueError, "finetune.device"),
@@ -63,6 +70,7 @@ def test_bad_parameters_fail_before_any_model_loads(change, error, message):
 
     catalog = DataCatalog()
     catalog["params:finetune"] = MemoryDataset(params)
+    catalog["params:sampler"] = MemoryDataset(project_parameters()["sampler"])
     catalog["params:prompts"] = MemoryDataset({"path": str(ROOT / "data/01_raw/prompts/shapes_eval.csv")})
     catalog["base_model"] = _LazyFail(model_must_not_load)
     with pytest.raises(error, match=message):
@@ -91,15 +99,19 @@ def test_missing_model_path_is_a_clear_error(tmp_path):
         load_pipeline("someone/no-such-model")
 
 
-def test_validated_config_round_trips():
-    validated = validate_finetune_params(base_params(), PROMPTS)
-    assert validated["train_prompts"] == ["a green triangle"]
-    assert FinetuneRunConfig(**validated["run"]).reward == {"shapes_judge": 1.0}
+def test_the_finetune_block_is_parsed_once_into_one_typed_object():
+    config, train = validate_finetune_params(base_params(), TINY_SAMPLER, PROMPTS)
+    assert train["prompt"].tolist() == ["a green triangle"] and train["category"].tolist() == ["color"]
+    assert isinstance(config, FinetuneRunConfig) and isinstance(config.rl, FinetuneConfig)
+    assert isinstance(config.sft, SFTConfig) and config.reward == {"shapes_judge": 1.0}
+    assert config.rl.sampler.num_inference_steps == 4  # the shared sampler, typed inside the RL settings
+    assert config.to_dict()["rl"] == {**base_params()["rl"], "sampler": TINY_SAMPLER}
 
 
 def _run_finetune_pipeline(params: dict, tmp_path: Path) -> DataCatalog:
     catalog = DataCatalog()
     catalog["params:finetune"] = MemoryDataset(params)
+    catalog["params:sampler"] = MemoryDataset(TINY_SAMPLER)
     catalog["params:prompts"] = MemoryDataset({"path": str(ROOT / "data/01_raw/prompts/shapes_eval.csv")})
     from dpok.datasets import DiffusersPipelineDataset, LoraWeightsDataset
 
@@ -141,8 +153,9 @@ def test_two_rounds_on_the_shipped_model_write_a_lora_stock_diffusers_loads(tmp_
     assert np.isfinite(history["reward_mean"]).all() and np.isfinite(history["kl_bound_nats"]).all()
     assert catalog.load("finetune_curves").size[0] > 100
     rewards = catalog.load("finetune_rewards")  # one row per sampled trajectory, with its prompt's category
-    rl = FinetuneConfig.from_dict(params["rl"])
-    assert len(rewards) == 2 * rl.g_batch and rewards["round"].value_counts().to_dict() == {1: rl.g_batch, 2: rl.g_batch}
+    rl = FinetuneConfig.from_params(params["rl"], TINY_SAMPLER)
+    g_batch = rl.rollout.g_batch
+    assert len(rewards) == 2 * g_batch and rewards["round"].value_counts().to_dict() == {1: g_batch, 2: g_batch}
     train = pd.read_csv(ROOT / "data/01_raw/prompts/shapes_eval.csv").query("split == 'train'")
     assert set(rewards["prompt"]) <= set(train["prompt"])
     assert (rewards["category"] == rewards["prompt"].map(dict(zip(train["prompt"], train["category"])))).all()
@@ -168,7 +181,7 @@ def test_method_sft_writes_the_same_outputs_from_the_base_models_samples(tmp_pat
     assert np.isfinite(history["kl_bound_nats"].iloc[[1, 3]]).all()
     assert catalog.load("finetune_curves").size[0] > 100
     rewards = catalog.load("finetune_rewards")  # the base model's scored samples SFT learned from
-    assert len(rewards) == 2 * params["rl"]["g_batch"]
+    assert len(rewards) == 2 * params["rl"]["rollout"]["g_batch"]
     assert not (tmp_path / "checkpoints").exists()
     assert catalog.load("finetune_value_by_step").empty  # no value function in SFT
     _assert_the_lora_changes_stock_diffusers_samples(catalog.load("lora"))
@@ -178,14 +191,16 @@ def test_run_fingerprint_separates_results_not_lengths():
     from dpok.pipelines.finetune.nodes import run_fingerprint
 
     params = base_params()
-    config = FinetuneRunConfig.from_dict(params)
+    config = FinetuneRunConfig.from_params(params, TINY_SAMPLER)
     same = run_fingerprint(config, ["a green triangle"], "m")
     longer = copy.deepcopy(params)
-    longer["rl"]["num_rounds"] += 10
-    assert run_fingerprint(FinetuneRunConfig.from_dict(longer), ["a green triangle"], "m") == same
+    longer["rl"]["runtime"]["num_rounds"] += 10  # the runtime group may change: same run, resumed
+    assert run_fingerprint(FinetuneRunConfig.from_params(longer, TINY_SAMPLER), ["a green triangle"], "m") == same
     faster = copy.deepcopy(params)
-    faster["rl"]["learning_rate"] *= 2
-    assert run_fingerprint(FinetuneRunConfig.from_dict(faster), ["a green triangle"], "m") != same
+    faster["rl"]["policy"]["learning_rate"] *= 2
+    assert run_fingerprint(FinetuneRunConfig.from_params(faster, TINY_SAMPLER), ["a green triangle"], "m") != same
+    other_sampler = {**TINY_SAMPLER, "guidance_scale": 5.0}
+    assert run_fingerprint(FinetuneRunConfig.from_params(params, other_sampler), ["a green triangle"], "m") != same
     assert run_fingerprint(config, ["a red circle"], "m") != same
     assert run_fingerprint(config, ["a green triangle"], "other model") != same
     from dpok.provenance import source_digests
@@ -201,13 +216,13 @@ def test_a_code_change_trains_afresh_instead_of_resuming_and_says_why(tmp_path, 
     from dpok.provenance import source_digests
 
     params = tiny_settings(base_params(), tmp_path)
-    params["rl"].update(num_rounds=1)
+    params["rl"]["runtime"].update(num_rounds=1)
     table = pd.read_csv(ROOT / "data/01_raw/prompts/shapes_eval.csv")
-    validated = validate_finetune_params(params, table)
+    config, train = validate_finetune_params(params, TINY_SAMPLER, table)
 
     def run() -> pd.DataFrame:
         pipeline = load_pipeline(str(SHIPPED))
-        _, history, *_ = nodes.finetune(pipeline, validated)
+        _, history, *_ = nodes.finetune(pipeline, config, train)
         return history
 
     first = run()
@@ -255,8 +270,9 @@ def test_kedro_run_with_method_sft_from_the_command_line(tmp_path):
     from helpers import BIN, OFFLINE_ENV, copy_project
 
     project = copy_project(tmp_path, data=("data/01_raw", "data/06_models/shapes_base"))
-    params = ("finetune.method=sft,finetune.rl.num_rounds=1,finetune.rl.g_batch=4,finetune.rl.num_inference_steps=4,"
-              "finetune.rl.kl_report_trajectories=1,finetune.sft.steps=2,finetune.sft.batch_size=4")
+    params = ("finetune.method=sft,finetune.rl.runtime.num_rounds=1,finetune.rl.rollout.g_batch=4,"
+              "sampler.num_inference_steps=4,finetune.rl.runtime.kl_report_trajectories=1,finetune.sft.steps=2,"
+              "finetune.sft.batch_size=4")
     result = subprocess.run([str(BIN / "kedro"), "run", "--pipelines", "finetune", "--params", params], cwd=project,
                             env={**OFFLINE_ENV, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]

@@ -19,8 +19,8 @@ from PIL import Image
 from dpok.evaluation import RatingsError
 from dpok.pipelines.evaluate import create_pipeline as evaluate_pipeline
 from dpok.pipelines.human_eval_import import create_pipeline as import_pipeline
-
 from helpers import XSS_PROMPT
+
 PROMPTS = [("a red circle", "color", "train"), ("a blue square", "color", "train"),
            ("a dog on the left", "location", "train"), (XSS_PROMPT, "location", "heldout")]
 N_SEEDS = 4

@@ -11,8 +11,8 @@ import pytest
 
 from helpers import OFFLINE_ENV, accelerate_launch, copy_project
 
-SMALL = ("finetune.rl.num_rounds=2,finetune.rl.g_batch=8,finetune.rl.num_inference_steps=10,"
-         "finetune.rl.kl_report_trajectories=2")
+SMALL = ("finetune.rl.runtime.num_rounds=2,finetune.rl.rollout.g_batch=8,sampler.num_inference_steps=10,"
+         "finetune.rl.runtime.kl_report_trajectories=2")
 
 
 @pytest.mark.slow

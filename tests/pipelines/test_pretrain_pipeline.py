@@ -17,6 +17,7 @@ from dpok.datasets import DiffusersPipelineDataset
 from dpok.pipelines.pretrain import create_pipeline
 from dpok.pipelines.pretrain.nodes import validate_pretrain_params
 from dpok.world import judge
+from helpers import base_parameters
 
 ROOT = Path(__file__).resolve().parents[2]
 SHIPPED = ROOT / "data/06_models/shapes_base"
@@ -45,7 +46,7 @@ REPORT = ROOT / "data/08_reporting/base_model_report.json"
 @pytest.mark.skipif(not REPORT.exists(), reason="the base model report is not in this checkout")
 def test_shipped_base_model_report_meets_the_targets_with_the_default_sampler():
     report = json.loads(REPORT.read_text())
-    sampler = yaml.safe_load((ROOT / "conf/base/parameters_pretrained.yml").read_text())["pretrained"]
+    sampler = base_parameters()["sampler"]  # the shared sampler the pretrain report draws with
     settings = report["settings"]
     assert settings["eta"] == 1.0 and settings["seeds_per_prompt"] >= 16
     assert (settings["num_inference_steps"], settings["guidance_scale"]) == (
@@ -91,8 +92,9 @@ def tiny_pretrain_params() -> dict:
     pretrain["denoiser"].update(steps=3, batch_size=8)
     pretrain["denoiser"]["unet"].update(block_out_channels=[32, 32], layers_per_block=1, norm_num_groups=8, cross_attention_dim=32)
     pretrain["denoiser"]["text_encoder"].update(hidden_size=32, intermediate_size=64, num_hidden_layers=1)
-    report = {**params["pretrain_report"], "seeds_per_prompt": 1, "num_inference_steps": 2, "extra_common_prompts": 1}
-    return {"pretrain": pretrain, "pretrain_report": report}
+    report = {**params["pretrain_report"], "seeds_per_prompt": 1, "extra_common_prompts": 1}
+    return {"pretrain": pretrain, "pretrain_report": report,
+            "sampler": {**base_parameters()["sampler"], "num_inference_steps": 2}}
 
 
 def test_tiny_pretrain_run_writes_a_folder_stock_diffusers_loads(tmp_path):
@@ -100,6 +102,7 @@ def test_tiny_pretrain_run_writes_a_folder_stock_diffusers_loads(tmp_path):
     catalog = DataCatalog()
     catalog["params:pretrain"] = MemoryDataset(params["pretrain"])
     catalog["params:pretrain_report"] = MemoryDataset(params["pretrain_report"])
+    catalog["params:sampler"] = MemoryDataset(params["sampler"])
     catalog["params:prompts"] = MemoryDataset({"path": str(ROOT / "data/01_raw/prompts/shapes_eval.csv")})
     catalog["shapes_base_model_out"] = DiffusersPipelineDataset(path=str(tmp_path / "model"))
     SequentialRunner().run(create_pipeline(), catalog)
@@ -117,15 +120,15 @@ def test_tiny_pretrain_run_writes_a_folder_stock_diffusers_loads(tmp_path):
 
 def test_decoder_refinement_trains_the_decoder_only_and_leaves_the_input_alone():
     from dpok.models import build_autoencoder
-    from dpok.pretraining import AutoencoderConfig, refine_decoder
+    from dpok.pretraining import AutoencoderConfig, refine_decoder, render_caption_dataset
     from dpok.world import CaptionSkew
-    from dpok.pretraining import render_caption_dataset
 
     images, _ = render_caption_dataset(16, CaptionSkew(), seed=0, progress=False)
     torch.manual_seed(0)
     vae = build_autoencoder({"sample_size": 32, "block_out_channels": [8, 8, 8], "norm_num_groups": 4})
     before = {k: v.clone() for k, v in vae.state_dict().items()}
-    config = AutoencoderConfig(batch_size=4, refine_decoder_steps=3, refine_latent_noise=0.5)
+    config = AutoencoderConfig.from_dict({**base_parameters()["pretrain"]["autoencoder"], "batch_size": 4,
+                                          "refine_decoder_steps": 3, "refine_latent_noise": 0.5})
     refined, history = refine_decoder(vae, images, config, seed=0, progress=False)
     assert len(history) == 2 and all(np.isfinite(h["l1"]) for h in history)
     for key, value in vae.state_dict().items():

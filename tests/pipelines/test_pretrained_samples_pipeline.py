@@ -10,7 +10,6 @@ from dpok.evaluation.manifest import pixel_digest
 from dpok.evaluation.sampling import generate_seeded_images
 from dpok.pipelines.pretrained_samples import create_pipeline
 from dpok.pipelines.pretrained_samples.nodes import sample_pretrained_images
-
 from helpers import split_sampling
 
 

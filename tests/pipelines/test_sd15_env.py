@@ -8,6 +8,7 @@ import pytest
 import torch
 import yaml
 
+from dpok.config import with_overrides
 from dpok.rl import FinetuneConfig
 from helpers import load_config, local_entry
 
@@ -23,13 +24,15 @@ def sd15(project_root):
 
 def test_sd15_holds_the_papers_single_prompt_setting(sd15):
     params = sd15["parameters"]
-    rl = FinetuneConfig.from_dict(params["finetune"]["rl"])
-    assert (rl.eta, rl.num_inference_steps, rl.guidance_scale) == (1.0, 50, 7.5)
-    assert (rl.lora_rank, rl.lora_alpha, rl.lora_target_modules) == (4, 4.0, ("to_q", "to_k", "to_v", "to_out.0"))
-    assert (rl.learning_rate, rl.max_grad_norm, rl.reward_weight, rl.kl_weight) == (1e-5, 0.1, 10.0, 0.01)
-    assert (rl.buffer_size, rl.g_batch, rl.p_batch, rl.accum, rl.p_step) == (1000, 10, 4, 12, 5)
-    assert rl.num_rounds * rl.p_step == 10_000  # the paper's total policy steps
-    assert rl.mixed_precision in ("fp16", "bf16") and rl.gradient_checkpointing is False
+    rl = FinetuneConfig.from_params(params["finetune"]["rl"], params["sampler"])
+    assert (rl.sampler.eta, rl.sampler.num_inference_steps, rl.sampler.guidance_scale) == (1.0, 50, 7.5)
+    assert (rl.lora.rank, rl.lora.alpha, rl.lora.target_modules) == (4, 4.0, ("to_q", "to_k", "to_v", "to_out.0"))
+    assert (rl.policy.learning_rate, rl.policy.max_grad_norm, rl.advantage.reward_weight, rl.kl.weight) == (
+        1e-5, 0.1, 10.0, 0.01)
+    assert (rl.policy.buffer_size, rl.rollout.g_batch, rl.policy.p_batch, rl.policy.accum, rl.policy.p_step) == (
+        1000, 10, 4, 12, 5)
+    assert rl.runtime.num_rounds * rl.policy.p_step == 10_000  # the paper's total policy steps
+    assert rl.runtime.mixed_precision in ("fp16", "bf16") and rl.runtime.gradient_checkpointing is False
     assert params["finetune"]["reward"] == {"shapes_judge": 0.0, "imagereward": 1.0}  # 0: base's reward off
     assert params["prompts"]["path"] == "data/01_raw/prompts/paper_single.txt"
     base_model = sd15["catalog"]["base_model"]
@@ -41,7 +44,8 @@ def test_sd15_changes_values_not_code_paths(project_root, sd15):
     base_params, base_catalog = base["parameters"], base["catalog"]
     ours = sd15["parameters"]["finetune"]
     assert set(ours) == set(base_params["finetune"])
-    assert set(ours["rl"]) == set(base_params["finetune"]["rl"]) == set(FinetuneConfig().to_dict())
+    assert set(ours["rl"]) == set(base_params["finetune"]["rl"])
+    assert set(sd15["parameters"]["sampler"]) == set(base_params["sampler"])
     assert set(sd15["parameters"]["prompts"]) == set(base_params["prompts"])
     overridden = yaml.safe_load((project_root / "conf/sd15/catalog.yml").read_text())
     for name in overridden:
@@ -67,7 +71,7 @@ def test_missing_reward_files_stop_the_run_at_validation_naming_the_file(sd15):
     prompts = pd.DataFrame({"prompt": ["A green colored rabbit."], "split": ["train"]})
     message = r"imagereward: `checkpoint` file '.*ImageReward\.pt' does not exist.*docs/sd15\.md"
     with pytest.raises(FileNotFoundError, match=message):
-        validate_finetune_params(sd15["parameters"]["finetune"], prompts)
+        validate_finetune_params(sd15["parameters"]["finetune"], sd15["parameters"]["sampler"], prompts)
 
 
 def test_finetune_runs_in_the_sd15_code_path_on_a_tiny_model(project_root, sd15, tmp_path):
@@ -89,15 +93,18 @@ def test_finetune_runs_in_the_sd15_code_path_on_a_tiny_model(project_root, sd15,
     finetune["reward_kwargs"] = {"aesthetic": {**write_tiny_aesthetic(tmp_path / "aesthetic"), "device": "cpu"}}
     finetune["checkpoint_dir"] = str(tmp_path / "checkpoints")
     finetune["device"] = "cpu"
-    finetune["rl"].update(
-        num_rounds=1, g_batch=2, num_inference_steps=2, buffer_size=8, p_batch=2, accum=1, p_step=4,
-        value_batch_size=4, value_steps=1, kl_report_trajectories=1, checkpoint_every=1,
-    )
+    finetune["rl"] = with_overrides(finetune["rl"], {
+        "runtime.num_rounds": 1, "rollout.g_batch": 2, "policy.buffer_size": 8, "policy.p_batch": 2,
+        "policy.accum": 1, "policy.p_step": 4, "value.batch_size": 4, "value.steps": 1,
+        "runtime.kl_report_trajectories": 1, "runtime.checkpoint_every": 1,
+    }, "finetune.rl")
+    sampler = {**params["sampler"], "num_inference_steps": 2}
     prompts = dict(params["prompts"], path=str(project_root / params["prompts"]["path"]))
 
     outputs = {name: local_entry(sd15["catalog"][name], tmp_path) for name in ("lora", "finetune_history", "finetune_curves")}
     catalog = DataCatalog.from_config({"base_model": model_entry, **outputs})
     catalog["params:finetune"] = finetune
+    catalog["params:sampler"] = sampler
     catalog["params:prompts"] = prompts
     SequentialRunner().run(create_pipeline(), catalog)
 

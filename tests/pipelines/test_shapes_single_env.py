@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 
 from dpok.prompts import PromptsConfig, load_prompt_table
+from dpok.rl.config import flatten
 from helpers import OFFLINE_ENV, ROOT, copy_project, load_config
 
 ENV_NAME = "shapes_single"
@@ -24,22 +25,22 @@ def configs():
 # The single-prompt update measured for this environment (docs/experiments.md), where it differs from the multi-prompt
 # default of conf/base.
 SINGLE_PROMPT_UPDATE = {
-    "num_rounds": 60, "share_initial_noise": False, "kl_weight": 0.1, "step_weighting": "none",
-    "value_features": "latent", "value_shrinkage": False, "reward_normalisation": "per_prompt", "kl_report_trajectories": 4,
-    "p_step": 2,
+    "runtime.num_rounds": 60, "rollout.share_initial_noise": False, "kl.weight": 0.1, "policy.step_weighting": "none",
+    "value.features": "latent", "value.shrinkage": False, "advantage.normalisation": "per_prompt",
+    "runtime.kl_report_trajectories": 4, "policy.p_step": 2,
 }
 
 
 def test_parameters_differ_from_base_only_in_the_declared_update_checkpoints_and_prompt_file(configs):
     base, single = configs
     assert single["finetune"]["checkpoint_dir"] == "data/06_models/shapes_single/checkpoints"
-    differing = {k: v for k, v in single["finetune"]["rl"].items() if base["finetune"]["rl"].get(k) != v}
+    base_rl, single_rl = flatten(base["finetune"]["rl"]), flatten(single["finetune"]["rl"])
+    assert set(single_rl) == set(base_rl)
+    differing = {k: v for k, v in single_rl.items() if base_rl[k] != v}
     assert differing == SINGLE_PROMPT_UPDATE
     for params in (base, single):
-        del params["finetune"]["checkpoint_dir"]
-        for key in SINGLE_PROMPT_UPDATE:
-            del params["finetune"]["rl"][key]
-    assert single["finetune"] == base["finetune"]
+        del params["finetune"]["checkpoint_dir"], params["finetune"]["rl"]
+    assert single["finetune"] == base["finetune"] and single["sampler"] == base["sampler"]
     assert {k: v for k, v in single["prompts"].items() if k != "path"} == {
         k: v for k, v in base["prompts"].items() if k != "path"
     }
@@ -51,7 +52,7 @@ def test_parameters_differ_from_base_only_in_the_declared_update_checkpoints_and
 def test_two_rounds_run_end_to_end_from_a_copy_of_the_project(tmp_path):
     project = copy_project(tmp_path, data=("data/01_raw", "data/06_models/shapes_base"))
     result = subprocess.run(
-        ["kedro", "run", "--env", ENV_NAME, "--params", "finetune.rl.num_rounds=2"],
+        ["kedro", "run", "--env", ENV_NAME, "--params", "finetune.rl.runtime.num_rounds=2"],
         cwd=project, env=OFFLINE_ENV, capture_output=True, text=True, timeout=600,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]

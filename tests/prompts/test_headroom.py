@@ -4,6 +4,7 @@ import pandas as pd
 import pytest
 
 from dpok.prompts.headroom import HeadroomRule, prompt_hash, select_headroom_prompts, solve_rates
+from helpers import base_parameters
 
 
 def _scores(rates: dict[tuple[str, str], float], n: int = 10) -> pd.DataFrame:
@@ -14,6 +15,11 @@ def _scores(rates: dict[tuple[str, str], float], n: int = 10) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["prompt", "category", "score"])
 
 
+
+def _rule(**changes) -> HeadroomRule:
+    """conf/base's rule with ``changes``."""
+    return HeadroomRule.from_dict({**base_parameters()["select_prompts"]["rule"], **changes})
+
 def test_solve_rate_counts_samples_at_the_threshold():
     rates = solve_rates(_scores({("a", "color"): 0.3, ("b", "color"): 1.0}), solved_threshold=1.0)
     assert rates.set_index("prompt")["solve_rate"].to_dict() == {"a": 0.3, "b": 1.0}
@@ -21,7 +27,7 @@ def test_solve_rate_counts_samples_at_the_threshold():
 
 
 def test_the_band_the_hash_order_and_both_sides():
-    rule = HeadroomRule(min_solve_rate=0.1, max_solve_rate=0.8, train_per_category=2, heldout_per_category=2)
+    rule = _rule(min_solve_rate=0.1, max_solve_rate=0.8, train_per_category=2, heldout_per_category=2)
     location = {(f"loc{i}", "location"): 0.5 for i in range(6)}
     count = {("c0", "count"): 0.0, ("c1", "count"): 0.9, ("c2", "count"): 0.2, ("c3", "count"): 0.8,
              ("c4", "count"): 0.1}
@@ -45,8 +51,8 @@ def test_the_band_the_hash_order_and_both_sides():
 
 def test_a_different_salt_draws_differently_but_from_the_same_band():
     rates = solve_rates(_scores({(f"p{i}", "location"): 0.5 for i in range(12)}), 1.0)
-    a, _ = select_headroom_prompts(rates, HeadroomRule(hash_salt="one"))
-    b, _ = select_headroom_prompts(rates, HeadroomRule(hash_salt="two"))
+    a, _ = select_headroom_prompts(rates, _rule(hash_salt="one"))
+    b, _ = select_headroom_prompts(rates, _rule(hash_salt="two"))
     assert a["prompt"].tolist() != b["prompt"].tolist() and len(a) == len(b) == 6
 
 
@@ -57,4 +63,4 @@ def test_a_different_salt_draws_differently_but_from_the_same_band():
 )
 def test_bad_rules_name_their_key(params, key):
     with pytest.raises(ValueError, match=key):
-        HeadroomRule.from_dict(params)
+        HeadroomRule.from_dict({**base_parameters()["select_prompts"]["rule"], **params})

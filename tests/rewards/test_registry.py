@@ -12,9 +12,9 @@ from dpok.rewards import (
     available_rewards,
     get_reward_fn,
     register_reward,
+    registry,
     weighted_reward,
 )
-from dpok.rewards import registry
 from dpok.world import render, sample_scene
 
 PROMPTS = ["a red circle", "two blue squares", "a green triangle on the left"]

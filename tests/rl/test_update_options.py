@@ -7,10 +7,10 @@ import torch
 
 from dpok.models import build_ddim_scheduler
 from dpok.rl import TransitionBuffer, guided_noise_prediction, load_checkpoint, train_dpok
-from dpok.rl.losses import group_statistics, policy_loss
-from dpok.rl.sampling import policy_gradient_scale, predicted_original_sample
 from dpok.rl.baseline import value_variance_ratio, variance_ratio_by_step
+from dpok.rl.losses import group_statistics, policy_loss
 from dpok.rl.rollout import draw_prompts, sample_round
+from dpok.rl.sampling import policy_gradient_scale, predicted_original_sample
 from dpok.rl.update import step_weights
 from dpok.rl.value import ValueFunction, prompt_text_feature
 from helpers import finetune_config

@@ -157,9 +157,6 @@ class EvaluateConfig(Settings):
         self.integer("grid_scale", 1)
         self.integer("report_top_prompts", 0)
 
-    @classmethod
-    def from_dict(cls, params: Mapping[str, Any] | None) -> EvaluateConfig:
-        return from_mapping(cls, params, cls.KEY_PATH)
 
 
 @dataclass(frozen=True)
@@ -186,9 +183,6 @@ class HumanEvalConfig(Settings):
         if not isinstance(self.title, str) or not self.title.strip():
             self.fail("title", "a non-empty string")
 
-    @classmethod
-    def from_dict(cls, params: Mapping[str, Any] | None) -> HumanEvalConfig:
-        return from_mapping(cls, params, cls.KEY_PATH)
 
 
 @dataclass(frozen=True)
@@ -209,6 +203,3 @@ class HumanEvalImportConfig(Settings):
         self.number("confidence", gt=0, lt=1)
         self.choice("ci_method", ("wilson", "exact"))
 
-    @classmethod
-    def from_dict(cls, params: Mapping[str, Any] | None) -> HumanEvalImportConfig:
-        return from_mapping(cls, params, cls.KEY_PATH)

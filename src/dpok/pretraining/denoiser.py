@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 import torch
 from diffusers import DDPMScheduler, UNet2DConditionModel
 from diffusers.training_utils import EMAModel

@@ -20,13 +20,12 @@ Nothing here looks at what fine-tuning later does with a prompt. Pure library co
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import pandas as pd
 
-from dpok.config import Settings, from_mapping
+from dpok.config import Settings
 
 
 @dataclass(frozen=True)
@@ -61,9 +60,6 @@ class HeadroomRule(Settings):
         if not isinstance(self.hash_salt, str):
             self.fail("hash_salt", "a string")
 
-    @classmethod
-    def from_dict(cls, params: Mapping[str, Any] | None) -> HeadroomRule:
-        return from_mapping(cls, params, cls.KEY_PATH)
 
 
 @dataclass(frozen=True)
@@ -90,9 +86,6 @@ class SelectPromptsConfig(Settings):
         if not isinstance(self.score, str) or not self.score:
             self.fail("score", "a reward name")
 
-    @classmethod
-    def from_dict(cls, params: Mapping[str, Any] | None) -> SelectPromptsConfig:
-        return from_mapping(cls, params, cls.KEY_PATH)
 
 
 def prompt_hash(prompt: str, salt: str) -> str:

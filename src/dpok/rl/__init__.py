@@ -18,6 +18,7 @@
 No Kedro and no reward model here: a reward is a callable ``reward_fn(images_uint8_NHWC, prompts)``.
 """
 
+from dpok.rl.baseline import value_variance_ratio, variance_ratio_by_step
 from dpok.rl.buffer import TransitionBatch, TransitionBuffer
 from dpok.rl.checkpoint import TrainingState, latest_checkpoint, list_checkpoints, load_checkpoint, save_checkpoint
 from dpok.rl.config import (
@@ -31,6 +32,7 @@ from dpok.rl.config import (
     SFTConfig,
     ValueConfig,
 )
+from dpok.rl.context import RoundContext
 from dpok.rl.kl import KL_FORMS, eps_mse, gaussian_kl, reference_model, step_kl, trajectory_kl_bound
 from dpok.rl.losses import (
     CLIP_MODES,
@@ -49,12 +51,10 @@ from dpok.rl.sampling import (
     sample_trajectories,
     validate_scheduler_for_logprob,
 )
-from dpok.rl.baseline import value_variance_ratio, variance_ratio_by_step
-from dpok.rl.context import RoundContext
+from dpok.rl.sft import SFT_METRIC_NAMES, SFTResult, sft_loss, train_sft
 from dpok.rl.state import RunState, attach_trainable_lora
 from dpok.rl.trainer import METRIC_NAMES, TrainingResult, train_dpok
 from dpok.rl.update import step_weights
-from dpok.rl.sft import SFT_METRIC_NAMES, SFTResult, sft_loss, train_sft
 from dpok.rl.value import ValueFunction, prompt_text_feature, value_loss, value_update
 
 __all__ = [

@@ -1,5 +1,5 @@
 """The baseline (docs/algorithm.md §4, steps 3–4, and §5): the standardised rewards, V_φ's extra inputs
-(``value_features``) and its predictions, the shrinkage λ_t (``value_shrinkage``), the value steps, and how
+(``value.features``) and its predictions, the shrinkage λ_t (``value.shrinkage``), the value steps, and how
 much variance the baselines remove.
 """
 
@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from dpok.rl.state import RunState
 
 def value_feature_size(config: FinetuneConfig, latent_shape: Sequence[int]) -> int:
-    """The number of V_φ's extra inputs (``value_features``)."""
+    """The number of V_φ's extra inputs (``value.features``)."""
     latent_size = int(np.prod(latent_shape))
     return {"latent": 0, "tweedie": latent_size, "tweedie_reward": latent_size + 1}[config.value.features]
 
@@ -43,7 +43,7 @@ def _reward_statistics(
 def _value_features(
     context: RoundContext, round_number: int, trajectory: Trajectory, means: np.ndarray, scales: np.ndarray
 ) -> torch.Tensor | None:
-    """The extra inputs of V_φ for every transition of ``trajectory`` (``value_features``), (B·T, F)."""
+    """The extra inputs of V_φ for every transition of ``trajectory`` (``value.features``), (B·T, F)."""
     config, ranks, pipeline = context.config, context.ranks, context.pipeline
     if config.value.features == "latent":
         return None
@@ -176,7 +176,7 @@ def _value_step(context: RoundContext, run: RunState, batch: TransitionBatch) ->
 
 
 def value_steps(context: RoundContext, run: RunState, round_number: int) -> list[float]:
-    """Step 4: ``value_steps`` AdamW steps of V_φ on minibatches of the buffer (MSE to the reward)."""
+    """Step 4: ``value.steps`` AdamW steps of V_φ on minibatches of the buffer (MSE to the reward)."""
     config = context.config
     if run.value_fn is None or not len(run.buffer):
         return []

@@ -225,7 +225,7 @@ def load_checkpoint(path: str | Path) -> TrainingState:
         raise DamagedCheckpointError(
             f"checkpoint '{path}' is damaged and cannot be resumed ({type(error).__name__}: {str(error)[:200]}). "
             f"Delete that folder to resume from the previous checkpoint next to it, or set "
-            f"finetune.rl.resume=false to start afresh"
+            f"finetune.rl.runtime.resume=false to start afresh"
         ) from error
 
 

@@ -401,9 +401,6 @@ class SFTConfig(Settings):
         self.number("kl_weight", ge=0)
         self.number("reward_offset")
 
-    @classmethod
-    def from_dict(cls, params: Mapping[str, Any] | None) -> SFTConfig:
-        return from_mapping(cls, params, cls.KEY_PATH)
 
 
 def flatten(settings: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -3,13 +3,13 @@
 ``accelerate launch --multi_gpu --num_processes N -m kedro run --pipelines finetune`` starts N ranks
 (torchrun under accelerate; NCCL on GPUs, gloo on CPU). They run the same round as one process would:
 
-- the round's trajectories are split into contiguous chunks (``sample_batch_size``, by default one per
+- the round's trajectories are split into contiguous chunks (``runtime.sample_batch_size``, by default one per
   rank); every random draw comes from a stream keyed by (seed, round, trajectory index), so rank r samples
   exactly the trajectories one process would, and after an all-gather every rank holds the whole round;
 - the expensive per-item work (rewards, the value function's x̂_0 scores, the KL report) is shared the same
   way and gathered, so every rank sees the same rewards, statistics, buffer and advantages;
 - each value and policy micro-batch is drawn from the same stream on every rank; its rows are computed in
-  chunks (``update_batch_size``, by default one per rank), each rank its own, every chunk's mean loss
+  chunks (``runtime.update_batch_size``, by default one per rank), each rank its own, every chunk's mean loss
   weighted by its share of the rows, and the micro-batch's gradients are summed over ranks, so the step
   is the one-process step on the whole micro-batch (bitwise so with the same chunk sizes);
 - only the main rank writes checkpoints (the others wait at a barrier) and, in Kedro, outputs and MLflow.

@@ -57,8 +57,8 @@ def policy_loss(
     clip_range: float,
     weights: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """The clipped surrogate named by ``clip_mode`` (``"ppo"`` or ``"dpok_clamp"``), per-transition
-    ``weights`` optional (``step_weighting``)."""
+    """The clipped surrogate named by ``policy.clip_mode`` (``"ppo"`` or ``"dpok_clamp"``), per-transition
+    ``weights`` optional (``policy.step_weighting``)."""
     if clip_mode not in POLICY_LOSSES:
         raise ValueError(f"clip_mode must be one of {CLIP_MODES}, got {clip_mode!r}")
     return POLICY_LOSSES[clip_mode](advantages, ratio, clip_range, weights)
@@ -74,7 +74,7 @@ def group_statistics(
     """GRPO's group-relative statistics: per reward, its group's mean and a scale, and which groups vary.
 
     A group is the trajectories of one prompt in one round (sharing their starting noise when
-    ``share_initial_noise`` is on). The scale is the group's own std (``scale="prompt"``) or the std of
+    ``rollout.share_initial_noise`` is on). The scale is the group's own std (``scale="prompt"``) or the std of
     every reward minus its group mean, pooled over the round (``"pooled"``). ``varied`` is False for the
     rewards of a group whose rewards are all equal: they carry no comparison and are skipped.
     """

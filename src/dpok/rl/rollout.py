@@ -52,7 +52,7 @@ def stream_generator(seed: int, *key: int) -> torch.Generator:
 
 
 def draw_prompts(prompts: list[str], config: FinetuneConfig, round_number: int) -> tuple[list[str], list[int]]:
-    """The round's prompts, ``trajectories_per_prompt`` in a row per draw, and each one's group index."""
+    """The round's prompts, ``rollout.trajectories_per_prompt`` in a row per draw, and each one's group index."""
     n_groups = config.rollout.g_batch // config.rollout.trajectories_per_prompt
     choice = torch.randint(
         len(prompts), (n_groups,), generator=stream_generator(config.seed, round_number, PROMPT_STREAM)
@@ -62,7 +62,7 @@ def draw_prompts(prompts: list[str], config: FinetuneConfig, round_number: int) 
 
 
 def _initial_noise(unet, config: FinetuneConfig, round_number: int, groups: list[int]) -> torch.Tensor | None:
-    """With ``share_initial_noise``, one x_T per group from its own stream; otherwise None (each trajectory
+    """With ``rollout.share_initial_noise``, one x_T per group from its own stream; otherwise None (each trajectory
     draws x_T from its own sampling stream, as the stock pipeline does)."""
     if not config.rollout.share_initial_noise:
         return None
@@ -81,7 +81,7 @@ def sample_round(
     pipeline, prompts: list[str], groups: list[int], config: FinetuneConfig, round_number: int,
     ranks: Ranks = Ranks(),
 ) -> Trajectory:
-    """The round's trajectories in chunks of ``sample_batch_size``; each rank samples its chunks (trajectory
+    """The round's trajectories in chunks of ``runtime.sample_batch_size``; each rank samples its chunks (trajectory
     i from stream i) and all get all."""
     initial = _initial_noise(pipeline.unet, config, round_number, groups)
     parts = [

@@ -29,10 +29,10 @@ from tqdm.auto import tqdm
 
 from dpok.models.lora import lora_state_dict
 from dpok.rl.config import FinetuneConfig, SFTConfig
-from dpok.rl.kl import reference_model, trajectory_kl_bound
-from dpok.rl.sampling import Trajectory, sample_trajectories
 from dpok.rl.context import RewardFn, check_inputs, prepare_pipeline
+from dpok.rl.kl import reference_model, trajectory_kl_bound
 from dpok.rl.rollout import diffusion_autocast, draw_prompts, sample_round, score, stream_generator
+from dpok.rl.sampling import Trajectory, sample_trajectories
 from dpok.rl.state import attach_trainable_lora
 
 logger = logging.getLogger(__name__)
@@ -70,7 +70,7 @@ def sft_loss(
     """mean_i w_i·‖ε_θ,i − ε_i‖² + γ·mean_i ‖ε_θ,i − ε_pre,i‖², each norm a mean over the latent's elements.
 
     ``model_pred``, ``noise``, ``reference_pred``: (B, C, H, W); ``weights``: (B,). ``reference_pred`` may be
-    None when ``kl_weight`` is 0. Returns the loss and its two terms (floats, for the history).
+    None when ``kl.weight`` is 0. Returns the loss and its two terms (floats, for the history).
     """
     per_sample = lambda a, b: (a.float() - b.float()).pow(2).flatten(1).mean(dim=1)  # noqa: E731
     weighted = (weights.to(model_pred.device, torch.float32) * per_sample(model_pred, noise)).mean()

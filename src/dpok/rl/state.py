@@ -28,7 +28,7 @@ class RunState:
     Attributes:
         lora_params: The trainable LoRA weights (float32) of the UNet's adapter.
         optimizer: AdamW over ``lora_params``.
-        scaler: fp16 loss scaler (disabled, a pass-through, unless ``mixed_precision`` is fp16).
+        scaler: fp16 loss scaler (disabled, a pass-through, unless ``runtime.mixed_precision`` is fp16).
         buffer: The FIFO transition buffer.
         value_fn: V_φ, or None without a value function.
         value_optimizer: AdamW over V_φ, or None.

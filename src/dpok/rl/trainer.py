@@ -70,14 +70,14 @@ METRIC_NAMES = (
     "seconds_policy",
 )
 """Keys of each round's metrics. ``kl_bound_nats``: exact KL bound (nats, summed over steps and latent
-elements) averaged over this round's first ``kl_report_trajectories`` fresh trajectories;
-``kl_penalty``: the optimised KL term (``kl_form``, before β) averaged over micro-batches;
+elements) averaged over this round's first ``runtime.kl_report_trajectories`` fresh trajectories;
+``kl_penalty``: the optimised KL term (``kl.form``, before β) averaged over micro-batches;
 ``policy_loss``: the clipped surrogate without the KL term; ``grad_norm``: LoRA gradient norm before
 clipping; ``skipped_steps``: policy steps dropped for a non-finite loss or gradient;
 ``value_variance_ratio``: Var(r − V)/Var(r) of this round's fresh transitions before V_φ is fitted on them
-(V the baseline the policy uses: λ_t·V_φ with ``value_shrinkage``), per step and averaged over steps (below 1: the baseline removes variance; NaN without a value function);
+(V the baseline the policy uses: λ_t·V_φ with ``value.shrinkage``), per step and averaged over steps (below 1: the baseline removes variance; NaN without a value function);
 ``baseline_variance_ratio``: the same for the whole baseline on the raw reward, Var(r − (m + s·V))/Var(r),
-where m and s standardise the reward (``reward_normalisation``): what the group or prompt mean and V_φ
+where m and s standardise the reward (``advantage.normalisation``): what the group or prompt mean and V_φ
 remove together;
 ``uniform_groups``: groups (``reward_normalisation: group``) left out because all their rewards were equal."""
 

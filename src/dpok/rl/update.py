@@ -84,7 +84,7 @@ def _microbatch_gradients(
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Backward of ``batch``'s loss / accum, added to the LoRA gradients already accumulated.
 
-    The rows are computed in chunks of ``update_batch_size`` (one per rank by default), each rank its own
+    The rows are computed in chunks of ``runtime.update_batch_size`` (one per rank by default), each rank its own
     chunks, every chunk's mean loss weighted by its share of the rows; the micro-batch's gradient is summed
     over ranks before it joins the accumulated ones, so N ranks add the same numbers in the same order as
     one process with one chunk per rank. Returns [ranks with a non-finite loss, *stats] agreed over ranks,
@@ -143,7 +143,7 @@ def _policy_step(
 
 
 def policy_steps(context: RoundContext, run: RunState, round_number: int) -> dict[str, float]:
-    """Step 5: ``p_step`` policy steps; a step with a non-finite loss or gradient is skipped and counted."""
+    """Step 5: ``policy.p_step`` policy steps; a step with a non-finite loss or gradient is skipped and counted."""
     config = context.config
     stats: dict[str, list[float]] = {"policy_loss": [], "kl_penalty": [], "ratio_dev": [], "clip_fraction": []}
     grad_norms, skipped = [], 0
@@ -167,7 +167,7 @@ def policy_steps(context: RoundContext, run: RunState, round_number: int) -> dic
 
 
 def kl_report(context: RoundContext, trajectory: Trajectory) -> float:
-    """The exact KL bound (nats) averaged over the round's first ``kl_report_trajectories`` trajectories
+    """The exact KL bound (nats) averaged over the round's first ``runtime.kl_report_trajectories`` trajectories
     (shared between ranks)."""
     config, ranks = context.config, context.ranks
     if config.runtime.kl_report_trajectories == 0:

@@ -16,7 +16,7 @@ last extra feature when ``has_score``). The score also reaches the output throug
 V = MLP(...) + a_t · score, which :meth:`ValueFunction.fit_score_gain` sets by least squares on the buffer
 before the MLP's steps (then fitting the rest): in the last steps the score is nearly the final reward,
 and a gain learned by AdamW at the value learning rate would take about a thousand steps to get there.
-With ``value_shrinkage`` the trainer's baseline is λ_t·V, λ_t ∈ [0, 1] the per-step least-squares multiple of V's
+With ``value.shrinkage`` the trainer's baseline is λ_t·V, λ_t ∈ [0, 1] the per-step least-squares multiple of V's
 *out-of-sample* predictions (made on fresh transitions before V was fitted on them, recent rounds weighted
 most; :meth:`ValueFunction.record_out_of_sample`). Where V does not predict the reward (the early steps
 of a group that shares x_T: nothing drawn yet tells its trajectories apart) λ_t goes to 0 and V stops
