@@ -22,7 +22,7 @@ from dpok.pipelines.finetune.nodes import validate_finetune_params
 from dpok.prompts import PromptsConfig, load_prompt_table
 from dpok.rl import FinetuneConfig, train_dpok
 from dpok.rl.checkpoint import load_checkpoint
-from helpers import finetune_config
+from helpers import base_parameters, finetune_config
 
 TRAIN = pd.DataFrame({"prompt": ["a red circle"], "category": ["color"], "split": ["train"]})
 
@@ -47,7 +47,7 @@ def _prompt_error(tmp_path: Path, name: str | None, data: bytes | None, settings
     if data is not None:
         path.write_bytes(data)
     with pytest.raises(ValueError) as error:
-        load_prompt_table(PromptsConfig(path=str(path), **settings))
+        load_prompt_table(PromptsConfig.from_dict({**base_parameters()["prompts"], "path": str(path), **settings}))
     return str(error.value)
 
 

@@ -32,7 +32,8 @@ def _config_classes() -> list[type]:
     import dpok.rl.config
     from dpok.config import SamplerConfig, Settings
 
-    modules = (dpok.evaluation.config, dpok.prompts.headroom, dpok.pretraining.config, dpok.rl.config)
+    modules = (dpok.evaluation.config, dpok.prompts.headroom, dpok.prompts.table, dpok.pretraining.config,
+               dpok.rl.config)
     found = {SamplerConfig, FinetuneRunConfig}
     for module in modules:
         found |= {v for v in vars(module).values()
@@ -51,6 +52,7 @@ def test_configuration_dataclasses_hold_no_defaults_of_their_own():
 def test_conf_base_builds_every_block_and_the_finetune_block_round_trips(loaded):
     from dpok.evaluation import EvaluateConfig, HumanEvalConfig, HumanEvalImportConfig, SamplingConfig
     from dpok.pretraining import PretrainConfig
+    from dpok.prompts import PromptsConfig
     from dpok.prompts.headroom import SelectPromptsConfig
 
     params = loaded["local"]["parameters"]
@@ -62,6 +64,7 @@ def test_conf_base_builds_every_block_and_the_finetune_block_round_trips(loaded)
     HumanEvalConfig.from_dict(params["human_eval"])
     HumanEvalImportConfig.from_dict(params["human_eval_import"])
     PretrainConfig.from_dict(params["pretrain"])
+    PromptsConfig.from_dict(params["prompts"])
     SelectPromptsConfig.from_dict(params["select_prompts"])
 
 

@@ -71,7 +71,7 @@ def test_bad_parameters_fail_before_any_model_loads(change, error, message):
     catalog = DataCatalog()
     catalog["params:finetune"] = MemoryDataset(params)
     catalog["params:sampler"] = MemoryDataset(project_parameters()["sampler"])
-    catalog["params:prompts"] = MemoryDataset({"path": str(ROOT / "data/01_raw/prompts/shapes_eval.csv")})
+    catalog["params:prompts"] = MemoryDataset({**project_parameters()["prompts"], "path": str(ROOT / "data/01_raw/prompts/shapes_eval.csv")})
     catalog["base_model"] = _LazyFail(model_must_not_load)
     with pytest.raises(error, match=message):
         SequentialRunner().run(create_pipeline(), catalog)
@@ -112,7 +112,7 @@ def _run_finetune_pipeline(params: dict, tmp_path: Path) -> DataCatalog:
     catalog = DataCatalog()
     catalog["params:finetune"] = MemoryDataset(params)
     catalog["params:sampler"] = MemoryDataset(TINY_SAMPLER)
-    catalog["params:prompts"] = MemoryDataset({"path": str(ROOT / "data/01_raw/prompts/shapes_eval.csv")})
+    catalog["params:prompts"] = MemoryDataset({**project_parameters()["prompts"], "path": str(ROOT / "data/01_raw/prompts/shapes_eval.csv")})
     from dpok.datasets import DiffusersPipelineDataset, LoraWeightsDataset
 
     catalog["base_model"] = DiffusersPipelineDataset(path=str(SHIPPED))

@@ -103,7 +103,7 @@ def test_tiny_pretrain_run_writes_a_folder_stock_diffusers_loads(tmp_path):
     catalog["params:pretrain"] = MemoryDataset(params["pretrain"])
     catalog["params:pretrain_report"] = MemoryDataset(params["pretrain_report"])
     catalog["params:sampler"] = MemoryDataset(params["sampler"])
-    catalog["params:prompts"] = MemoryDataset({"path": str(ROOT / "data/01_raw/prompts/shapes_eval.csv")})
+    catalog["params:prompts"] = MemoryDataset({**base_parameters()["prompts"], "path": str(ROOT / "data/01_raw/prompts/shapes_eval.csv")})
     catalog["shapes_base_model_out"] = DiffusersPipelineDataset(path=str(tmp_path / "model"))
     SequentialRunner().run(create_pipeline(), catalog)
 

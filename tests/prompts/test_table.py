@@ -6,10 +6,11 @@ import pandas as pd
 import pytest
 
 from dpok.prompts import PromptFileError, PromptsConfig, load_prompt_table
+from helpers import base_parameters
 
 
 def load(path, **kwargs):
-    return load_prompt_table(PromptsConfig(path=str(path), **kwargs))
+    return load_prompt_table(PromptsConfig.from_dict({**base_parameters()["prompts"], "path": str(path), **kwargs}))
 
 
 def test_txt_normalises_whitespace_and_drops_duplicates(tmp_path):
@@ -102,9 +103,9 @@ def test_prompt_longer_than_limit(tmp_path):
 
 def test_config_validation():
     with pytest.raises(ValueError, match="heldout_fraction"):
-        PromptsConfig(path="a.txt", heldout_fraction=1.5)
+        PromptsConfig.from_dict({**base_parameters()["prompts"], "heldout_fraction": 1.5})
     with pytest.raises(ValueError, match="max_chars"):
-        PromptsConfig(path="a.txt", max_chars=0)
+        PromptsConfig.from_dict({**base_parameters()["prompts"], "max_chars": 0})
     with pytest.raises(ValueError, match="unknown key"):
         PromptsConfig.from_dict({"path": "a.txt", "max_char": 3})
 

@@ -17,11 +17,11 @@ import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pandas as pd
 
-from dpok.config import from_mapping
+from dpok.config import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -35,7 +35,7 @@ class PromptFileError(ValueError):
 
 
 @dataclass(frozen=True)
-class PromptsConfig:
+class PromptsConfig(Settings):
     """Parameters of prompt ingestion (``conf/base/parameters_prompts.yml``, key ``prompts``).
 
     Attributes:
@@ -45,23 +45,17 @@ class PromptsConfig:
             ``split`` column. The choice hashes the prompt text, so it never changes between runs.
     """
 
+    KEY_PATH: ClassVar[str] = "prompts"
+
     path: str
-    max_chars: int = 300
-    heldout_fraction: float = 0.0
+    max_chars: int
+    heldout_fraction: float
 
     def __post_init__(self) -> None:
         if not isinstance(self.path, str) or not self.path.strip():
-            raise ValueError("prompts.path must be a non-empty path to a prompt file")
-        if not isinstance(self.max_chars, int) or self.max_chars < 1:
-            raise ValueError(f"prompts.max_chars must be a positive integer, got {self.max_chars!r}")
-        if not 0.0 <= float(self.heldout_fraction) < 1.0:
-            raise ValueError(
-                f"prompts.heldout_fraction must be in [0, 1), got {self.heldout_fraction!r}"
-            )
-
-    @classmethod
-    def from_dict(cls, params: dict[str, Any]) -> PromptsConfig:
-        return from_mapping(cls, params, "prompts")
+            self.fail("path", "a non-empty path to a prompt file")
+        self.integer("max_chars", 1)
+        self.number("heldout_fraction", ge=0, lt=1)
 
 
 def _fail(path: Path, problem: str, fix: str) -> PromptFileError:
