@@ -11,6 +11,7 @@ import yaml
 from kedro.framework.project import pipelines
 from kedro.framework.startup import bootstrap_project
 
+from dpok.config import flatten
 from dpok.pipelines.finetune.nodes import FinetuneRunConfig
 from helpers import ROOT, catalog_file, load_config
 
@@ -78,22 +79,12 @@ def test_an_environment_that_changes_the_sampler_changes_it_for_training_and_eva
     assert training == evaluation and (training.num_inference_steps, training.guidance_scale) == (50, 7.5)
 
 
-def _leaves(tree: dict, prefix: str = "") -> dict[str, object]:
-    leaves = {}
-    for key, value in tree.items():
-        if isinstance(value, dict) and value:
-            leaves |= _leaves(value, f"{prefix}{key}.")
-        else:
-            leaves[f"{prefix}{key}"] = value
-    return leaves
-
-
 @pytest.mark.parametrize("env", ENVIRONMENTS)
 def test_an_environment_file_holds_only_what_differs_from_base(env, loaded):
-    base = _leaves(loaded["local"]["parameters"])
+    base = flatten(loaded["local"]["parameters"])
     repeated = []
     for path in sorted((ROOT / "conf" / env).glob("parameters*.yml")):
-        for key, value in _leaves(yaml.safe_load(path.read_text())).items():
+        for key, value in flatten(yaml.safe_load(path.read_text())).items():
             if key in base and base[key] == value:
                 repeated.append(f"{path.name}: {key}")
     assert not repeated, f"settings equal to conf/base (delete them from conf/{env}): {repeated}"

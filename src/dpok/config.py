@@ -143,6 +143,17 @@ def to_plain(value: Any) -> Any:
     return value
 
 
+def flatten(settings: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` → ``{"a.b": 1}`` (for messages and comparisons of nested settings)."""
+    flat = {}
+    for key, value in settings.items():
+        if isinstance(value, Mapping) and value:
+            flat |= flatten(value, f"{prefix}{key}.")
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
 # --- building dataclasses from parameters -----------------------------------------------------------------
 
 

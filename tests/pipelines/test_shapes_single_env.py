@@ -10,8 +10,8 @@ import subprocess
 import pandas as pd
 import pytest
 
+from dpok.config import flatten
 from dpok.prompts import PromptsConfig, load_prompt_table
-from dpok.rl.config import flatten
 from helpers import OFFLINE_ENV, ROOT, copy_project, load_config
 
 ENV_NAME = "shapes_single"

@@ -6,9 +6,9 @@ import re
 
 import pytest
 
-from dpok.config import SamplerConfig
+from dpok.config import SamplerConfig, flatten
 from dpok.rl import FinetuneConfig
-from dpok.rl.config import RESUMABLE_GROUP, RuntimeConfig, flatten
+from dpok.rl.config import RESUMABLE_GROUP, RuntimeConfig
 from helpers import base_parameters, finetune_config
 
 

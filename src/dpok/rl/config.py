@@ -23,7 +23,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from dpok.config import SamplerConfig, Settings, from_mapping, to_plain
+from dpok.config import SamplerConfig, Settings, from_mapping
 from dpok.rl.kl import KL_FORMS
 from dpok.rl.losses import CLIP_MODES, NORMALISATION_SCALES, REWARD_NORMALISATIONS
 
@@ -403,18 +403,7 @@ class SFTConfig(Settings):
 
 
 
-def flatten(settings: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """``{"a": {"b": 1}}`` → ``{"a.b": 1}`` (for messages and comparisons of nested settings)."""
-    flat = {}
-    for key, value in settings.items():
-        if isinstance(value, Mapping) and value:
-            flat |= flatten(value, f"{prefix}{key}.")
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
-
-
 __all__ = [
     "AdvantageConfig", "FinetuneConfig", "KLConfig", "LoraConfig", "PolicyConfig", "RESUMABLE_GROUP",
-    "RolloutConfig", "RuntimeConfig", "SFTConfig", "ValueConfig", "flatten", "to_plain",
+    "RolloutConfig", "RuntimeConfig", "SFTConfig", "ValueConfig",
 ]

@@ -11,11 +11,12 @@ from typing import Any
 
 import torch
 
+from dpok.config import flatten
 from dpok.models.lora import attach_lora, load_lora_state_dict, lora_state_dict
 from dpok.rl.baseline import value_feature_size
 from dpok.rl.buffer import TransitionBuffer
 from dpok.rl.checkpoint import TrainingState, capture_rng_state, checkpoint_round, restore_rng_state
-from dpok.rl.config import RESUMABLE_GROUP, FinetuneConfig, flatten
+from dpok.rl.config import RESUMABLE_GROUP, FinetuneConfig
 from dpok.rl.losses import PerPromptRewardNormaliser
 from dpok.rl.rollout import LORA_INIT_STREAM, VALUE_INIT_STREAM, stream_seed
 from dpok.rl.value import ValueFunction
