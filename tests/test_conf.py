@@ -28,13 +28,14 @@ def loaded():
 
 def _config_classes() -> list[type]:
     import dpok.evaluation.config
+    import dpok.evaluation.shapeseval
     import dpok.pretraining.config
     import dpok.prompts.headroom
     import dpok.rl.config
     from dpok.config import SamplerConfig, Settings
 
-    modules = (dpok.evaluation.config, dpok.prompts.headroom, dpok.prompts.table, dpok.pretraining.config,
-               dpok.rl.config)
+    modules = (dpok.evaluation.config, dpok.evaluation.shapeseval, dpok.prompts.headroom, dpok.prompts.shapeseval,
+               dpok.prompts.table, dpok.pretraining.config, dpok.rl.config)
     found = {SamplerConfig, FinetuneRunConfig}
     for module in modules:
         found |= {v for v in vars(module).values()
@@ -52,6 +53,7 @@ def test_configuration_dataclasses_hold_no_defaults_of_their_own():
 
 def test_conf_base_builds_every_block_and_the_finetune_block_round_trips(loaded):
     from dpok.evaluation import EvaluateConfig, HumanEvalConfig, HumanEvalImportConfig, SamplingConfig
+    from dpok.evaluation.shapeseval import ShapesEvalConfig
     from dpok.pretraining import PretrainConfig
     from dpok.prompts import PromptsConfig
     from dpok.prompts.headroom import SelectPromptsConfig
@@ -66,6 +68,7 @@ def test_conf_base_builds_every_block_and_the_finetune_block_round_trips(loaded)
     HumanEvalImportConfig.from_dict(params["human_eval_import"])
     PretrainConfig.from_dict(params["pretrain"])
     PromptsConfig.from_dict(params["prompts"])
+    assert ShapesEvalConfig.from_params(params["shapeseval"], params["sampler"]).sampling.sampler == finetune.rl.sampler
     SelectPromptsConfig.from_dict(params["select_prompts"])
 
 

@@ -51,14 +51,14 @@ def kedro_outputs() -> dict[str, set[str]]:
 
 
 def test_one_stage_per_pipeline_running_it(dvc_stages, kedro_outputs):
-    expected = {"prompts", "pretrain", "pretrained_samples", "finetune", "evaluate"}
+    expected = {"prompts", "pretrain", "pretrained_samples", "finetune", "evaluate", "shapeseval"}
     assert set(dvc_stages) == expected
     assert expected <= set(kedro_outputs)
     for name, stage in dvc_stages.items():
         assert stage["cmd"] == f"kedro run --pipelines {name}"
 
 
-@pytest.mark.parametrize("name", ["prompts", "pretrain", "pretrained_samples", "finetune", "evaluate"])
+@pytest.mark.parametrize("name", ["prompts", "pretrain", "pretrained_samples", "finetune", "evaluate", "shapeseval"])
 def test_stage_outputs_match_the_catalog(name, dvc_stages, kedro_outputs):
     outs = _out_paths(dvc_stages[name])
     kedro = kedro_outputs[name]
@@ -90,7 +90,7 @@ def test_params_are_the_pipelines_parameter_files(dvc_stages):
 
 def test_metrics_and_plots(dvc_stages):
     document = yaml.safe_load((ROOT / "dvc.yaml").read_text())
-    assert document["metrics"] == ["data/08_reporting/metrics.json"]
+    assert document["metrics"] == ["data/08_reporting/metrics.json", "data/08_reporting/shapeseval.json"]
     assert "data/08_reporting/finetune_history.csv" in document["plots"][0]
     assert document["stages"]["pretrain"]["frozen"] is True
     persist = [o for o in dvc_stages["finetune"]["outs"] if isinstance(o, dict) and "data/06_models/checkpoints" in o]

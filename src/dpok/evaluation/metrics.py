@@ -60,8 +60,10 @@ def _group_seed(seed: int, group: str) -> list[int]:
     return [int(seed), zlib.crc32(group.encode("utf-8"))]
 
 
-def _summarise(group: pd.DataFrame, name: str, scores: Sequence[str], *, n_resamples: int, confidence: float,
-               seed: int) -> dict[str, Any]:
+def summarise_pairs(group: pd.DataFrame, name: str, scores: Sequence[str], *, n_resamples: int, confidence: float,
+                    seed: int) -> dict[str, Any]:
+    """``{"n", "n_prompts", score: {"base", "finetuned", "difference"}}`` for a group of paired rows
+    (``<score>_base`` / ``<score>_finetuned`` columns), the bootstrap seeded by (``seed``, ``name``)."""
     strata = group["prompt"].to_numpy()
     result: dict[str, Any] = {"n": int(len(group)), "n_prompts": int(group["prompt"].nunique())}
     for score in scores:
@@ -95,14 +97,14 @@ def comparison_metrics(
         "n_images": int(len(paired)),
         "n_prompts": int(paired["prompt"].nunique()),
         "scores": dict(score_kinds),
-        "all": _summarise(paired, "all", scores, **kwargs),
+        "all": summarise_pairs(paired, "all", scores, **kwargs),
         "per_split": {},
         "per_split_category": {},
     }
     for split, by_split in paired.groupby("split", sort=True):
-        metrics["per_split"][str(split)] = _summarise(by_split, f"split={split}", scores, **kwargs)
+        metrics["per_split"][str(split)] = summarise_pairs(by_split, f"split={split}", scores, **kwargs)
         metrics["per_split_category"][str(split)] = {
-            str(category): _summarise(group, f"split={split}/category={category}", scores, **kwargs)
+            str(category): summarise_pairs(group, f"split={split}/category={category}", scores, **kwargs)
             for category, group in by_split.groupby("category", sort=True)
         }
     return metrics
