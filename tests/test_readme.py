@@ -135,3 +135,14 @@ def test_make_refuses_a_python_other_than_3_11_and_says_how_to_fix_it(tmp_path):
     assert result.returncode != 0
     assert "dpok needs Python 3.11" in result.stdout and "make PYTHON=python3.11 install" in result.stdout
     assert not (tmp_path / "venv").exists()
+
+
+def test_readme_results_are_rendered_from_the_committed_metrics_files():
+    """The committed run's row and the ShapesEval line are what scripts/readme_results.py prints."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("readme_results", ROOT / "scripts/readme_results.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    for line in module.lines(ROOT / "data/08_reporting"):
+        assert line in README, f"README.md lacks (rerun python scripts/readme_results.py): {line}"

@@ -1,0 +1,62 @@
+"""README's result lines, rendered from the committed metrics files (never typed by hand).
+
+    python scripts/readme_results.py [--reporting data/08_reporting]
+
+Prints the row of the committed `dvc repro` run (``metrics.json``: paired differences of the judge on the
+train and held-out splits, quality on train) and the ShapesEval line (``shapeseval.json``: test-set
+accuracy and mean judge, base → fine-tuned, with the paired 95 % CI). ``tests/test_readme.py`` fails when
+README.md does not contain these lines exactly, so a new run's numbers reach README by pasting this output.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _ci(difference: dict) -> str:
+    return f"{difference['mean']:+.3f} [{difference['ci_low']:+.3f}, {difference['ci_high']:+.3f}]"
+
+
+def committed_run_row(metrics: dict) -> str:
+    """The results table's row of the committed run."""
+    train, heldout = metrics["per_split"]["train"], metrics["per_split"]["heldout"]
+    quality = train["shapes_quality"]
+    return (
+        f"| `dvc repro`, seed 0, 2 threads (the committed `metrics.json`) | **{_ci(train['shapes_judge']['difference'])}** "
+        f"| {_ci(heldout['shapes_judge']['difference'])} | {quality['base']['mean']:.3f} → {quality['finetuned']['mean']:.3f} |"
+    )
+
+
+def shapeseval_line(shapeseval: dict) -> str:
+    """One sentence: ShapesEval's test-set accuracy and judge, base → fine-tuned."""
+    overall = shapeseval["overall"]
+    accuracy, judge = overall["accuracy"], overall["shapes_judge"]
+    categories = ", ".join(
+        f"{name} {values['accuracy']['difference']['mean']:+.2f}" for name, values in shapeseval["per_category"].items()
+    )
+    return (
+        f"ShapesEval ({shapeseval['n_prompts']} test prompts × {shapeseval['n_images'] // shapeseval['n_prompts']} seeds): "
+        f"accuracy {accuracy['base']['mean']:.3f} → {accuracy['finetuned']['mean']:.3f}, "
+        f"{_ci(accuracy['difference'])} ({categories}); mean judge {_ci(judge['difference'])}."
+    )
+
+
+def lines(reporting: Path) -> list[str]:
+    metrics = json.loads((reporting / "metrics.json").read_text())
+    shapeseval = json.loads((reporting / "shapeseval.json").read_text())
+    return [committed_run_row(metrics), shapeseval_line(shapeseval)]
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--reporting", default=str(ROOT / "data/08_reporting"))
+    args = parser.parse_args(argv)
+    print("\n".join(lines(Path(args.reporting))))
+
+
+if __name__ == "__main__":
+    main()
