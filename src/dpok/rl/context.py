@@ -84,8 +84,9 @@ def prepare_pipeline(pipeline, config: FinetuneConfig) -> None:
         module.eval()
     if pipeline.unet.dtype == torch.float16 and config.runtime.mixed_precision != "fp16":
         logger.warning(
-            "the UNet is float16 and finetune.mixed_precision is %r: gradients pass through float16 activations "
-            "without loss scaling and may underflow; mixed_precision: fp16 adds the scaling", config.runtime.mixed_precision,
+            "the UNet is float16 and finetune.rl.runtime.mixed_precision is %r: gradients pass through float16 "
+            "activations without loss scaling and may underflow; mixed_precision: fp16 adds the scaling",
+            config.runtime.mixed_precision,
         )
 
 
