@@ -11,11 +11,17 @@ and an ImageReward model of the real size (BLIP ViT-L/16 + BERT-base, random wei
 2. ``sampler``: :func:`dpok.rl.sample_trajectories` on the same batch (log-probs, all latents kept), under
    the mixed precision of ``conf/sd15``; ``sampler_to_pipeline_ratio`` compares the medians;
    ``sampler_without_autocast`` times it again outside autocast, in the weights' dtype as the stock call runs;
-   ``rescoring_log_ratio``: |log ρ| of the sampled steps rescored as the update does, before any update;
+   ``rescoring_log_ratio``: |log ρ| of every transition of a round (``conf/sd15``'s g_batch, a fresh LoRA)
+   rescored by the policy update's own computation before any update (``first_update_max_abs_log_ratio``:
+   its maximum, 0 when the ratio is exact);
 3. ``imagereward``: scoring the sampler's images with the ImageReward model (fp16 on GPU);
 4. ``dpok_round``: one round of :func:`dpok.rl.train_dpok` with ``conf/sd15/parameters_finetune.yml``'s RL
    settings (g_batch 10, 50 steps, value steps, p_step 5 × accum 12 × p_batch 4 with LoRA rank 4, fp16),
-   ImageReward as the reward; then ``dpok_round_other_checkpointing``: the same round with
+   ImageReward as the reward; ``dpok_round_fp32_eager``: the same round in float32 (a float32 copy of the
+   UNet, ``runtime.precision: fp32``, uncompiled) and ``speedup_over_fp32_eager``; ``unet_flops_per_second``:
+   the round's UNet FLOPs (``torch.utils.flop_counter``) over its phases' seconds, against
+   ``gemm_peak_flops_per_second``, the best square matmul in the round's dtype; then
+   ``dpok_round_other_checkpointing``: the same round with
    ``gradient_checkpointing`` flipped (memory against time of the policy steps).
 
 Prints one JSON object (seconds, samples/s, peak GPU memory in GiB per phase, whether every number was
@@ -29,7 +35,6 @@ is the real one. Calls alternate stock/ours after a warm-up so drift hits both a
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
 import json
 import statistics
@@ -100,6 +105,8 @@ TINY_SAMPLER = {"num_inference_steps": 3}
 ONE_ROUND = {"runtime.num_rounds": 1, "runtime.checkpoint_every": 1, "runtime.resume": False}
 
 PROMPT = "a green colored rabbit"
+ROUND_PHASES = ("seconds_sampling", "seconds_reward", "seconds_kl_report", "seconds_buffer", "seconds_value",
+                "seconds_policy")
 WORDS = "a an and the of in on green colored rabbit cat dog four wolves park moon photo".split()
 GIB = 1024**3
 
@@ -198,8 +205,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     import diffusers
     import transformers
 
+    from dpok.bench import gemm_peak_flops, unet_flops
     from dpok.images import uint8_images_to_pixels
     from dpok.rl import FinetuneConfig, sample_trajectories, train_dpok
+    from dpok.rl.precision import diffusion_passes, resolve_precision
 
     diffusers.utils.logging.set_verbosity_error()  # no warnings about float16 on a CPU in --tiny runs
     transformers.utils.logging.set_verbosity_error()
@@ -207,10 +216,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     started = time.perf_counter()
     device = torch.device(args.device)
     rl, sampler = sd15_settings(args.tiny)
-    if args.mixed_precision:
-        rl["runtime"]["mixed_precision"] = args.mixed_precision
+    if args.precision:
+        rl["runtime"]["precision"] = args.precision
     dtype = getattr(torch, args.dtype)
-    autocast = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(rl["runtime"]["mixed_precision"])
+    # what train_dpok resolves conf/sd15's runtime.precision to on this device (refused here if it cannot run)
+    precision = resolve_precision(FinetuneConfig.from_params(rl, sampler).runtime, device, dtype)
     steps = args.steps or sampler["num_inference_steps"]
     guidance = args.guidance if args.guidance is not None else sampler["guidance_scale"]
     report: dict[str, Any] = {
@@ -219,7 +229,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "torch": torch.__version__,
         "tiny": args.tiny,
         "dtype": args.dtype,
-        "mixed_precision": rl["runtime"]["mixed_precision"],
+        "precision": precision.name,
         "batch": args.batch,
         "steps": steps,
         "guidance_scale": guidance,
@@ -242,8 +252,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                                    generator=torch.Generator(device).manual_seed(0))
 
     def ours():
-        # as train_dpok samples: under autocast when conf/sd15 asks for mixed precision
-        with torch.autocast(device.type, dtype=autocast) if autocast else contextlib.nullcontext():
+        # as train_dpok samples: in conf/sd15's precision (autocast on a GPU)
+        with diffusion_passes(pipeline.unet, precision):
             return ours_without_autocast()
 
     with torch.no_grad():
@@ -271,8 +281,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         report["sampler_without_autocast"]["seconds"] / report["pipeline"]["seconds"]
     )
     report["sampler"]["finite"] = _all_finite(trajectory.log_probs.cpu(), trajectory.latents.float().cpu())
-    with torch.autocast(device.type, dtype=autocast) if autocast else contextlib.nullcontext():
-        report["rescoring_log_ratio"] = rescoring_log_ratio(pipeline, trajectory, guidance)
+    ratio_config = FinetuneConfig.from_params(rl, sampler)
+    report["rescoring_log_ratio"] = rescoring_log_ratio(pipeline, ratio_config)
+    report["first_update_max_abs_log_ratio"] = report["rescoring_log_ratio"]["max"]
     report["pipeline"]["finite"] = _all_finite(stock_images)
 
     scorer = build_imagereward(args.tiny, device)
@@ -303,7 +314,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         report[key] = {
             "gradient_checkpointing": checkpointing,
             "seconds": seconds,
-            **{k: row[k] for k in ("seconds_sampling", "seconds_reward", "seconds_kl_report", "seconds_buffer", "seconds_value", "seconds_policy")},
+            **{k: row[k] for k in ROUND_PHASES},
             "images": config.rollout.g_batch,
             "policy_steps": config.policy.p_step,
             "micro_batches": config.policy.p_step * config.policy.accum,
@@ -318,29 +329,50 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             and row["skipped_steps"] < config.policy.p_step,
         }
         del round_pipeline, result
+
+    # the same round in float32 eager, on a float32 copy of the UNet: the baseline of the speedup
+    baseline_config = FinetuneConfig.from_params(
+        with_overrides(rl, {"runtime.precision": "fp32", "runtime.compile": False}, "finetune.rl"), sampler
+    )
+    round_pipeline = with_fresh_unet(pipeline)
+    round_pipeline.unet.float()
+    _reset_peak(device)
+    with tempfile.TemporaryDirectory() as folder:
+        seconds, result = _timed(
+            lambda pipe=round_pipeline: train_dpok(pipe, [PROMPT], imagereward, baseline_config, folder, progress=False),
+            device,
+        )
+    row = result.history[0]
+    report["dpok_round_fp32_eager"] = {"seconds": seconds, **{k: row[k] for k in ROUND_PHASES},
+                                       "peak_memory_gib": _peak_gib(device)}
+    del round_pipeline, result
+    report["speedup_over_fp32_eager"] = (
+        sum(report["dpok_round_fp32_eager"][k] for k in ROUND_PHASES) / sum(report["dpok_round"][k] for k in ROUND_PHASES)
+    )
+    config = FinetuneConfig.from_params(rl, sampler)
+    report["unet_flops"] = unet_flops(pipeline, config)
+    report["unet_flops_per_second"] = report["unet_flops"]["per_round"] / sum(report["dpok_round"][k] for k in ROUND_PHASES)
+    report["gemm_peak_flops_per_second"] = gemm_peak_flops(precision.dtype or torch.float32, device,
+                                                           size=1024 if args.tiny else 8192)
+    report["fraction_of_gemm_peak"] = report["unet_flops_per_second"] / report["gemm_peak_flops_per_second"]
     report["finite"] = all(report[k]["finite"] for k in ("pipeline", "sampler", "imagereward", "dpok_round"))
     report["total_seconds"] = time.perf_counter() - started
     return report
 
 
-def rescoring_log_ratio(pipeline, trajectory, guidance_scale: float, transitions: int = 4) -> dict[str, float]:
-    """|log ρ| of an unchanged policy: the first trajectory's first steps rescored as the update scores them
-    (``transitions`` per batch, batched timesteps). Anything above 0 is rounding noise that the ratio clip
-    (1e-4 in ``conf/sd15``) sees as policy change."""
-    from dpok.rl import ddim_step_with_logprob
-    from dpok.rl.sampling import guided_noise_prediction
+def rescoring_log_ratio(pipeline, config) -> dict[str, float]:
+    """|log ρ| of an unchanged policy on a whole round: round 1 sampled with a fresh LoRA on a copy of the
+    pipeline, every transition rescored by the policy update's own computation (its micro-batches, precision
+    and call shapes). Anything above 0 is rounding noise that the ratio clip (1e-4 in ``conf/sd15``) sees as
+    policy change."""
+    from dpok.bench import fresh_round_context
+    from dpok.rl.rollout import rollout
+    from dpok.rl.update import rescoring_log_ratios
 
-    transitions = min(transitions, trajectory.num_steps)
-    steps = slice(0, transitions)
-    x_t, x_prev = trajectory.latents[0, steps], trajectory.latents[0, 1 : transitions + 1]
-    timesteps = trajectory.timesteps[steps]
-    cond = trajectory.prompt_embeds[:1].expand(transitions, -1, -1)
-    uncond = trajectory.negative_prompt_embeds[:1].expand(transitions, -1, -1)
-    with torch.no_grad():
-        output = guided_noise_prediction(pipeline.unet, x_t, timesteps, cond, uncond, guidance_scale)
-        _, log_prob = ddim_step_with_logprob(pipeline.scheduler, output, timesteps, x_t, prev_sample=x_prev)
-    gap = (log_prob.float() - trajectory.log_probs[0, steps].float()).abs()
-    return {"mean": float(gap.mean()), "max": float(gap.max()), "transitions": transitions}
+    context = fresh_round_context(pipeline, [PROMPT], None, config)
+    _, _, trajectory = rollout(context, 1)
+    gaps = rescoring_log_ratios(context, trajectory)
+    return {"mean": float(gaps.mean()), "max": float(gaps.max()), "transitions": int(gaps.numel())}
 
 
 def with_fresh_unet(pipeline):
@@ -360,8 +392,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", default="float16", choices=["float32", "float16", "bfloat16"],
                         help="weights of the SD components (conf/sd15/catalog.yml: float16)")
-    parser.add_argument("--mixed-precision", choices=["no", "fp16", "bf16"], default=None,
-                        help="override conf/sd15's finetune.rl.mixed_precision")
+    parser.add_argument("--precision", choices=["fp32", "bf16", "fp16", "auto"], default=None,
+                        help="override conf/sd15's finetune.rl.runtime.precision")
     parser.add_argument("--batch", type=int, default=None, help="images per sampling call (default 8; tiny 2)")
     parser.add_argument("--steps", type=int, default=None, help="DDIM steps (default: conf/sd15, 50; tiny 3)")
     parser.add_argument("--guidance", type=float, default=None, help="CFG scale (default: conf/sd15, 7.5)")

@@ -158,3 +158,10 @@ def accelerate_launch(processes: int) -> list[str]:
         port = s.getsockname()[1]
     return [str(BIN / "accelerate"), "launch", "--multi_gpu", "--num_processes", str(processes), "--num_machines", "1",
             "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(port)]
+
+
+def shapeseval_table():
+    """The committed ShapesEval split (the finetune pipeline's `shapeseval_prompts`)."""
+    import pandas as pd
+
+    return pd.read_csv(ROOT / "data/01_raw/prompts/shapeseval.csv")

@@ -22,7 +22,7 @@ from dpok.pipelines.finetune.nodes import validate_finetune_params
 from dpok.prompts import PromptsConfig, load_prompt_table
 from dpok.rl import FinetuneConfig, train_dpok
 from dpok.rl.checkpoint import load_checkpoint
-from helpers import base_parameters, finetune_config
+from helpers import base_parameters, finetune_config, shapeseval_table
 
 TRAIN = pd.DataFrame({"prompt": ["a red circle"], "category": ["color"], "split": ["train"]})
 
@@ -91,7 +91,7 @@ def test_a_bad_parameter_names_its_full_key_before_anything_loads(case, change, 
     params = _finetune_params()
     change(params)
     with pytest.raises(error) as raised:
-        validate_finetune_params(params, project_parameters()["sampler"], TRAIN)
+        validate_finetune_params(params, project_parameters()["sampler"], TRAIN, shapeseval_table())
     for word in words:
         assert word in str(raised.value), (case, str(raised.value))
 
@@ -170,6 +170,6 @@ if __name__ == "__main__":  # the matrix with its messages, for the docs and the
         params = _finetune_params()
         change(params)
         try:
-            validate_finetune_params(params, project_parameters()["sampler"], TRAIN)
+            validate_finetune_params(params, project_parameters()["sampler"], TRAIN, shapeseval_table())
         except Exception as error:  # noqa: BLE001 (printing what each case raises)
             print(f"| {case} | {error} |")

@@ -15,7 +15,7 @@ from dpok.config import flatten
 from dpok.pipelines.finetune.nodes import FinetuneRunConfig
 from helpers import ROOT, catalog_file, load_config
 
-ENVIRONMENTS = ("shapes_single", "sd15")
+ENVIRONMENTS = ("shapes_single", "shapes_long", "sd15")
 # What a run of an environment writes (the pretrain and select_prompts outputs are shared inputs).
 RUN_PIPELINES = ("prompts", "pretrained_samples", "finetune", "evaluate", "human_eval_import")
 
@@ -28,13 +28,14 @@ def loaded():
 
 def _config_classes() -> list[type]:
     import dpok.evaluation.config
+    import dpok.evaluation.probe
     import dpok.evaluation.shapeseval
     import dpok.pretraining.config
     import dpok.prompts.headroom
     import dpok.rl.config
     from dpok.config import SamplerConfig, Settings
 
-    modules = (dpok.evaluation.config, dpok.evaluation.shapeseval, dpok.prompts.headroom, dpok.prompts.shapeseval,
+    modules = (dpok.evaluation.config, dpok.evaluation.probe, dpok.evaluation.shapeseval, dpok.prompts.headroom, dpok.prompts.shapeseval,
                dpok.prompts.table, dpok.pretraining.config, dpok.rl.config)
     found = {SamplerConfig, FinetuneRunConfig}
     for module in modules:
@@ -148,3 +149,16 @@ def test_dvc_exp_run_set_param_can_rewrite_every_parameter_file(path, tmp_path):
         if runtime.get("mixed_precision") is False:
             runtime["mixed_precision"] = "no"
     assert rewritten == original
+
+
+def test_the_long_environment_is_the_default_update_run_longer(loaded):
+    """`shapes_long` changes the length, the probe's spacing and its output folders, nothing that shapes the update."""
+    from dpok.config import flatten
+
+    base, long = loaded["local"]["parameters"]["finetune"], loaded["shapes_long"]["parameters"]["finetune"]
+    base_flat, long_flat = flatten(base), flatten(long)
+    assert set(base_flat) == set(long_flat)
+    differing = {k for k in base_flat if base_flat[k] != long_flat[k]}
+    assert differing == {"checkpoint_dir", "probe.every_rounds", "rl.runtime.num_rounds"}
+    assert long["rl"]["runtime"]["num_rounds"] >= 4 * base["rl"]["runtime"]["num_rounds"]
+    assert loaded["shapes_long"]["parameters"]["prompts"] == loaded["local"]["parameters"]["prompts"]

@@ -146,3 +146,17 @@ def test_readme_results_are_rendered_from_the_committed_metrics_files():
     spec.loader.exec_module(module)
     for line in module.lines(ROOT / "data/08_reporting"):
         assert line in README, f"README.md lacks (rerun python scripts/readme_results.py): {line}"
+
+
+def test_the_shapeseval_experiment_tables_are_rendered_from_their_result_files():
+    """docs/experiments.md holds, line for line, what scripts/shapeseval_table.py prints for each results folder."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("shapeseval_table", ROOT / "scripts/shapeseval_table.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    experiments = (ROOT / "docs/experiments.md").read_text()
+    for folder in sorted(p for p in (ROOT / "docs/experiments").glob("shapeseval_*") if p.is_dir()):
+        for line in module.table(folder).splitlines():
+            assert line in experiments, (
+                f"docs/experiments.md lacks (rerun python scripts/shapeseval_table.py {folder.relative_to(ROOT)}): {line}")

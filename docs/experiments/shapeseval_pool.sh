@@ -10,13 +10,26 @@ OUT=$ROOT/docs/experiments/shapeseval_pool
 WORK=${WORK:-/tmp/shapeseval_pool}
 mkdir -p "$OUT" "$WORK"
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 KEDRO_DISABLE_TELEMETRY=1 DO_NOT_TRACK=1 MLFLOW_TRACKING_URI=file://$WORK/mlruns
+V4="finetune.rl.rollout.g_batch=32,finetune.rl.rollout.trajectories_per_prompt=8,finetune.rl.rollout.share_initial_noise=false,finetune.rl.policy.p_step=1,finetune.rl.policy.accum=20,finetune.rl.runtime.num_rounds=60"
 declare -A ARMS=(
   [default]=""                                                   # conf/base's update: 54 rounds x 4 prompts x 4
   [groups8]="finetune.rl.rollout.g_batch=32,finetune.rl.rollout.trajectories_per_prompt=8,finetune.rl.runtime.num_rounds=27"
+  # "Few, large, many-prompt updates" (SUCCESSORS.md, V4): 4 prompts x 8 trajectories from independent x_T, one
+  # Adam step per round over all 640 transitions, 60 rounds = 1,920 reward calls.
+  [v4]="$V4"
+  # The same on the rule-chosen part of the pool: base solve rate in [0.05, 0.95] over 16 seeds.
+  [v4sel]="$V4,prompts.path=data/01_raw/prompts/shapeseval_pool_selected.csv"
+  # Groups of 8 from a shared x_T with the default's 4 policy steps a round, at the full budget: 60 rounds x 32 =
+  # 1,920 reward calls, on the rule-chosen pool.
+  [g8sel]="finetune.rl.rollout.g_batch=32,finetune.rl.rollout.trajectories_per_prompt=8,finetune.rl.runtime.num_rounds=60,prompts.path=data/01_raw/prompts/shapeseval_pool_selected.csv"
+  # The same with a 3x larger step (one Adam step a round: 60 steps in all).
+  [v4sel_lr3]="$V4,prompts.path=data/01_raw/prompts/shapeseval_pool_selected.csv,finetune.rl.policy.learning_rate=0.003"
 )
+# One thread by default: a second torch process on the same cores then slows neither by spin-waiting.
+export OMP_NUM_THREADS=${THREADS:-1} MKL_NUM_THREADS=${THREADS:-1}
+# The committed code (REV, default HEAD), not the working tree: edits made while runs go on do not leak in.
 rm -rf "$WORK/project" && mkdir -p "$WORK/project"
-tar -C "$ROOT" --exclude=.venv --exclude=.git --exclude=mlruns --exclude=mlflow.db --exclude='data/07_model_output' -cf - . \
-  | tar -C "$WORK/project" -xf -
+git -C "$ROOT" archive "${REV:-HEAD}" | tar -C "$WORK/project" -xf -
 cd "$WORK/project"
 # The pool as a prompt file: train -> train, validation -> heldout, test left out.
 "$ROOT/.venv/bin/python" - <<'PY'
@@ -24,11 +37,16 @@ import pandas as pd
 table = pd.read_csv("data/01_raw/prompts/shapeseval.csv")
 pool = table[table["split"] != "test"].assign(split=lambda t: t["split"].replace({"validation": "heldout"}))
 pool[["prompt", "category", "split"]].to_csv("data/01_raw/prompts/shapeseval_pool.csv", index=False)
+# Prompts with signal: the base model solves them sometimes (select_prompts' 16-seed table).
+rates = pd.read_csv("data/08_reporting/headroom_candidates.csv").set_index("prompt")["solve_rate"]
+chosen = pool[pool["prompt"].map(rates).between(0.05, 0.95)]
+chosen[["prompt", "category", "split"]].to_csv("data/01_raw/prompts/shapeseval_pool_selected.csv", index=False)
+print("selected pool:", chosen.groupby(["split", "category"]).size().to_dict())
 PY
 arms=("$@")
 [ ${#arms[@]} -gt 0 ] || arms=(default groups8)
 for arm in "${arms[@]}"; do
-  for seed in 0 1 2; do
+  for seed in ${SEEDS:-0 1 2}; do
     result="$OUT/${arm}_seed${seed}.json"
     [ -f "$result" ] && { echo "skip $result"; continue; }
     extra=${ARMS[$arm]}

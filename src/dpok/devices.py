@@ -51,3 +51,30 @@ def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype
     if dtype == "auto":
         return torch.float16 if device.type == "cuda" else torch.float32
     return DTYPES[dtype]
+
+
+def cpu_matmul_dtypes() -> dict[str, str]:
+    """The half dtypes this CPU multiplies in hardware, each with the instructions that do it
+    (``{"bfloat16": "AVX512-BF16"}``); a dtype missing here is emulated in float32, slower than float32.
+
+    oneDNN's own check (``torch.ops.mkldnn._is_mkldnn_bf16_supported``) is true on any AVX-512 CPU, where
+    bfloat16 is emulated, so this reads the instruction sets themselves.
+    """
+    found = {}
+    if torch.cpu._is_amx_tile_supported():
+        found["bfloat16"] = "AMX"
+    elif torch.cpu._is_avx512_bf16_supported():
+        found["bfloat16"] = "AVX512-BF16"
+    if torch.cpu._is_amx_fp16_supported():
+        found["float16"] = "AMX-FP16"
+    return found
+
+
+def cpp_compiler() -> str | None:
+    """The C++ compiler ``torch.compile`` would use on a CPU (its inductor backend builds C++), or None."""
+    try:
+        from torch._inductor.cpp_builder import get_cpp_compiler
+
+        return get_cpp_compiler()
+    except Exception:  # inductor raises its own error types when no compiler is found
+        return None

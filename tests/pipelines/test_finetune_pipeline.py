@@ -17,6 +17,7 @@ from dpok.pipelines.finetune import create_pipeline
 from dpok.pipelines.finetune.nodes import FinetuneRunConfig, validate_finetune_params
 from dpok.rewards import UnknownRewardError
 from dpok.rl import FinetuneConfig, SFTConfig
+from helpers import shapeseval_table
 
 ROOT = Path(__file__).resolve().parents[2]
 SHIPPED = ROOT / "data/06_models/shapes_base"
@@ -41,7 +42,7 @@ def tiny_settings(params: dict, tmp_path: Path) -> dict:
     return params
 
 
-PROMPTS = pd.DataFrame({"prompt": ["a green triangle", "a red circle"], "category": "color", "split": ["train", "heldout"]})
+PROMPTS = pd.DataFrame({"prompt": ["a green circle", "a red circle"], "category": "color", "split": ["train", "heldout"]})
 
 
 @pytest.mark.parametrize(
@@ -73,6 +74,7 @@ def test_bad_parameters_fail_before_any_model_loads(change, error, message):
     catalog["params:sampler"] = MemoryDataset(project_parameters()["sampler"])
     catalog["params:prompts"] = MemoryDataset({**project_parameters()["prompts"], "path": str(ROOT / "data/01_raw/prompts/shapes_eval.csv")})
     catalog["base_model"] = _LazyFail(model_must_not_load)
+    catalog["shapeseval_prompts"] = MemoryDataset(shapeseval_table())
     with pytest.raises(error, match=message):
         SequentialRunner().run(create_pipeline(), catalog)
 
@@ -100,19 +102,51 @@ def test_missing_model_path_is_a_clear_error(tmp_path):
 
 
 def test_the_finetune_block_is_parsed_once_into_one_typed_object():
-    config, train = validate_finetune_params(base_params(), TINY_SAMPLER, PROMPTS)
-    assert train["prompt"].tolist() == ["a green triangle"] and train["category"].tolist() == ["color"]
+    config, train, probe_prompts = validate_finetune_params(base_params(), TINY_SAMPLER, PROMPTS, shapeseval_table())
+    assert train["prompt"].tolist() == ["a green circle"] and train["category"].tolist() == ["color"]
     assert isinstance(config, FinetuneRunConfig) and isinstance(config.rl, FinetuneConfig)
     assert isinstance(config.sft, SFTConfig) and config.reward == {"shapes_judge": 1.0}
     assert config.rl.sampler.num_inference_steps == 4  # the shared sampler, typed inside the RL settings
     assert config.to_dict()["rl"] == {**base_params()["rl"], "sampler": TINY_SAMPLER}
 
 
+def _pool_prompts(tmp_path: Path) -> str:
+    """A prompt file of ShapesEval training-pool prompts (the probe refuses to train on its test prompts)."""
+    pool = shapeseval_table().query("split != 'test'").groupby("category").head(2)
+    pool = pool.assign(split=pool["split"].replace({"validation": "heldout"}))[["prompt", "category", "split"]]
+    pool.to_csv(tmp_path / "pool.csv", index=False)
+    return str(tmp_path / "pool.csv")
+
+
+def test_a_training_prompt_that_is_a_shapeseval_test_prompt_is_refused_while_the_probe_runs():
+    leaking = pd.DataFrame({"prompt": ["a green circle", "a green triangle"], "category": "color", "split": "train"})
+    with pytest.raises(ValueError, match=r"1 training prompt\(s\) are ShapesEval test prompts \('a green triangle'\)"):
+        validate_finetune_params(base_params(), TINY_SAMPLER, leaking, shapeseval_table())
+    params = base_params()
+    params["probe"]["every_rounds"] = 0  # no probe, no test set to protect: the prompts are the user's choice
+    config, train, probe_prompts = validate_finetune_params(params, TINY_SAMPLER, leaking, shapeseval_table())
+    assert len(train) == 2 and probe_prompts.empty
+    broken = shapeseval_table().assign(category="color")  # a benchmark file that is not ShapesEval's split
+    with pytest.raises(Exception, match="ShapesEval split"):
+        validate_finetune_params(base_params(), TINY_SAMPLER, PROMPTS, broken)
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("every_rounds", -1, "finetune.probe.every_rounds"), ("images_per_prompt", 0, "finetune.probe.images_per_prompt"),
+    ("score", "no_such_reward", "no_such_reward"), ("batch_size", 0, "finetune.probe.batch_size"),
+])
+def test_bad_probe_settings_are_named(key, value, message):
+    params = base_params()
+    params["probe"][key] = value
+    with pytest.raises((ValueError, KeyError), match=message):
+        validate_finetune_params(params, TINY_SAMPLER, PROMPTS, shapeseval_table())
+
+
 def _run_finetune_pipeline(params: dict, tmp_path: Path) -> DataCatalog:
     catalog = DataCatalog()
     catalog["params:finetune"] = MemoryDataset(params)
     catalog["params:sampler"] = MemoryDataset(TINY_SAMPLER)
-    catalog["params:prompts"] = MemoryDataset({**project_parameters()["prompts"], "path": str(ROOT / "data/01_raw/prompts/shapes_eval.csv")})
+    catalog["params:prompts"] = MemoryDataset({**project_parameters()["prompts"], "path": _pool_prompts(tmp_path)})
     from dpok.datasets import DiffusersPipelineDataset, LoraWeightsDataset
 
     catalog["base_model"] = DiffusersPipelineDataset(path=str(SHIPPED))
@@ -125,6 +159,9 @@ def _run_finetune_pipeline(params: dict, tmp_path: Path) -> DataCatalog:
     catalog["finetune_rewards"] = CSVDataset(filepath=str(tmp_path / "rewards.csv"))
     catalog["finetune_value_by_step"] = CSVDataset(filepath=str(tmp_path / "value_by_step.csv"))
     catalog["finetune_reward_curves"] = ImageDataset(filepath=str(tmp_path / "reward_curves.png"))
+    catalog["shapeseval_prompts"] = MemoryDataset(shapeseval_table())
+    catalog["finetune_probe"] = CSVDataset(filepath=str(tmp_path / "probe.csv"))
+    catalog["finetune_probe_curve"] = ImageDataset(filepath=str(tmp_path / "probe_curve.png"))
     SequentialRunner().run(create_pipeline(), catalog)
     return catalog
 
@@ -146,17 +183,24 @@ def _assert_the_lora_changes_stock_diffusers_samples(lora) -> None:
 @pytest.mark.skipif(not SHIPPED.exists(), reason="the shipped base model is not in this checkout")
 def test_two_rounds_on_the_shipped_model_write_a_lora_stock_diffusers_loads(tmp_path):
     params = tiny_settings(base_params(), tmp_path)
+    params["probe"].update(every_rounds=1, images_per_prompt=1)
     catalog = _run_finetune_pipeline(params, tmp_path)
 
     history = catalog.load("finetune_history")
     assert history["round"].tolist() == [1, 2]
+    probes = catalog.load("finetune_probe")  # before training and after each round, on every test prompt
+    assert probes["round"].tolist() == [0, 1, 2] and probes["images"].tolist() == [76.0] * 3
+    assert probes["reward_calls"].tolist() == [0, params["rl"]["rollout"]["g_batch"], 2 * params["rl"]["rollout"]["g_batch"]]
+    categories = [f"accuracy_{c}" for c in ("color", "composition", "count", "location")]
+    assert np.allclose(probes[categories].mean(axis=1), probes["accuracy"])  # GenEval's overall: the category mean
+    assert catalog.load("finetune_probe_curve").size[0] > 100
     assert np.isfinite(history["reward_mean"]).all() and np.isfinite(history["kl_bound_nats"]).all()
     assert catalog.load("finetune_curves").size[0] > 100
     rewards = catalog.load("finetune_rewards")  # one row per sampled trajectory, with its prompt's category
     rl = FinetuneConfig.from_params(params["rl"], TINY_SAMPLER)
     g_batch = rl.rollout.g_batch
     assert len(rewards) == 2 * g_batch and rewards["round"].value_counts().to_dict() == {1: g_batch, 2: g_batch}
-    train = pd.read_csv(ROOT / "data/01_raw/prompts/shapes_eval.csv").query("split == 'train'")
+    train = pd.read_csv(tmp_path / "pool.csv").query("split == 'train'")
     assert set(rewards["prompt"]) <= set(train["prompt"])
     assert (rewards["category"] == rewards["prompt"].map(dict(zip(train["prompt"], train["category"])))).all()
     assert catalog.load("finetune_reward_curves").size[0] > 100
@@ -217,12 +261,13 @@ def test_a_code_change_trains_afresh_instead_of_resuming_and_says_why(tmp_path, 
 
     params = tiny_settings(base_params(), tmp_path)
     params["rl"]["runtime"].update(num_rounds=1)
+    params["probe"]["every_rounds"] = 0  # shapes_eval.csv trains on ShapesEval test prompts
     table = pd.read_csv(ROOT / "data/01_raw/prompts/shapes_eval.csv")
-    config, train = validate_finetune_params(params, TINY_SAMPLER, table)
+    config, train, probe_prompts = validate_finetune_params(params, TINY_SAMPLER, table, shapeseval_table())
 
     def run() -> pd.DataFrame:
         pipeline = load_pipeline(str(SHIPPED))
-        _, history, *_ = nodes.finetune(pipeline, config, train)
+        _, history, *_ = nodes.finetune(pipeline, config, train, probe_prompts)
         return history
 
     first = run()

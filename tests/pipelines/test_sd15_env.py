@@ -10,7 +10,7 @@ import yaml
 
 from dpok.config import with_overrides
 from dpok.rl import FinetuneConfig
-from helpers import load_config, local_entry
+from helpers import load_config, local_entry, shapeseval_table
 
 SD15_HUB_ID = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 PAPER_WORDS = tuple("a green colored rabbit cat and dog four wolves in the park on moon".split())
@@ -32,7 +32,7 @@ def test_sd15_holds_the_papers_single_prompt_setting(sd15):
     assert (rl.policy.buffer_size, rl.rollout.g_batch, rl.policy.p_batch, rl.policy.accum, rl.policy.p_step) == (
         1000, 10, 4, 12, 5)
     assert rl.runtime.num_rounds * rl.policy.p_step == 10_000  # the paper's total policy steps
-    assert rl.runtime.mixed_precision in ("fp16", "bf16") and rl.runtime.gradient_checkpointing is False
+    assert rl.runtime.precision in ("fp16", "bf16") and rl.runtime.gradient_checkpointing is False
     assert params["finetune"]["reward"] == {"shapes_judge": 0.0, "imagereward": 1.0}  # 0: base's reward off
     assert params["prompts"]["path"] == "data/01_raw/prompts/paper_single.txt"
     base_model = sd15["catalog"]["base_model"]
@@ -71,7 +71,7 @@ def test_missing_reward_files_stop_the_run_at_validation_naming_the_file(sd15):
     prompts = pd.DataFrame({"prompt": ["A green colored rabbit."], "split": ["train"]})
     message = r"imagereward: `checkpoint` file '.*ImageReward\.pt' does not exist.*docs/sd15\.md"
     with pytest.raises(FileNotFoundError, match=message):
-        validate_finetune_params(sd15["parameters"]["finetune"], sd15["parameters"]["sampler"], prompts)
+        validate_finetune_params(sd15["parameters"]["finetune"], sd15["parameters"]["sampler"], prompts, shapeseval_table())
 
 
 def test_finetune_runs_in_the_sd15_code_path_on_a_tiny_model(project_root, sd15, tmp_path):
@@ -106,6 +106,7 @@ def test_finetune_runs_in_the_sd15_code_path_on_a_tiny_model(project_root, sd15,
     catalog["params:finetune"] = finetune
     catalog["params:sampler"] = sampler
     catalog["params:prompts"] = prompts
+    catalog["shapeseval_prompts"] = shapeseval_table()  # read, not used: sd15 has no probe
     SequentialRunner().run(create_pipeline(), catalog)
 
     history = catalog.load("finetune_history")

@@ -25,7 +25,7 @@ def configs():
 # The single-prompt update measured for this environment (docs/experiments.md), where it differs from the multi-prompt
 # default of conf/base.
 SINGLE_PROMPT_UPDATE = {
-    "runtime.num_rounds": 60, "rollout.share_initial_noise": False, "kl.weight": 0.1, "policy.step_weighting": "none",
+    "rollout.g_batch": 16, "rollout.trajectories_per_prompt": 4, "rollout.share_initial_noise": False, "kl.weight": 0.1, "policy.step_weighting": "none",
     "value.features": "latent", "value.shrinkage": False, "advantage.normalisation": "per_prompt",
     "runtime.kl_report_trajectories": 4, "policy.p_step": 2,
 }
@@ -38,8 +38,9 @@ def test_parameters_differ_from_base_only_in_the_declared_update_checkpoints_and
     assert set(single_rl) == set(base_rl)
     differing = {k: v for k, v in single_rl.items() if base_rl[k] != v}
     assert differing == SINGLE_PROMPT_UPDATE
+    assert single["finetune"]["probe"] == {**base["finetune"]["probe"], "every_rounds": 0}
     for params in (base, single):
-        del params["finetune"]["checkpoint_dir"], params["finetune"]["rl"]
+        del params["finetune"]["checkpoint_dir"], params["finetune"]["rl"], params["finetune"]["probe"]
     assert single["finetune"] == base["finetune"] and single["sampler"] == base["sampler"]
     assert {k: v for k, v in single["prompts"].items() if k != "path"} == {
         k: v for k, v in base["prompts"].items() if k != "path"

@@ -3,8 +3,15 @@
 import pandas as pd
 import pytest
 
-from dpok.prompts.headroom import HeadroomRule, prompt_hash, select_headroom_prompts, solve_rates
-from helpers import base_parameters
+from dpok.prompts.headroom import (
+    HeadroomRule,
+    PoolRule,
+    prompt_hash,
+    select_headroom_prompts,
+    select_pool_prompts,
+    solve_rates,
+)
+from helpers import ROOT, base_parameters, shapeseval_table
 
 
 def _scores(rates: dict[tuple[str, str], float], n: int = 10) -> pd.DataFrame:
@@ -64,3 +71,39 @@ def test_a_different_salt_draws_differently_but_from_the_same_band():
 def test_bad_rules_name_their_key(params, key):
     with pytest.raises(ValueError, match=key):
         HeadroomRule.from_dict({**base_parameters()["select_prompts"]["rule"], **params})
+
+
+def test_the_training_pool_keeps_prompts_with_signal_and_never_a_test_prompt():
+    split = shapeseval_table()
+    rates = pd.DataFrame({"prompt": split["prompt"], "category": split["category"], "samples": 16,
+                          "solve_rate": [(i % 17) / 16 for i in range(len(split))], "mean_score": 0.5})
+    rates.loc[rates["solve_rate"] > 1, "solve_rate"] = 1.0
+    table = select_pool_prompts(rates, split, PoolRule(min_solve_rate=0.05, max_solve_rate=0.95))
+    test = set(split.query("split == 'test'")["prompt"])
+    assert not set(table["prompt"]) & test
+    rate = dict(zip(rates["prompt"], rates["solve_rate"]))
+    assert all(0.05 <= rate[p] <= 0.95 for p in table["prompt"])
+    pool = split.query("split != 'test'")
+    wanted = {p for p in pool["prompt"] if 0.05 <= rate[p] <= 0.95}
+    assert set(table["prompt"]) == wanted and len(table) == len(wanted)
+    side = dict(zip(pool["prompt"], pool["split"].replace({"validation": "heldout"})))
+    assert (table["split"] == table["prompt"].map(side)).all()
+    with pytest.raises(ValueError, match="no measured solve rate.*rerun `kedro run --pipelines select_prompts`"):
+        select_pool_prompts(rates.iloc[5:], split, PoolRule(min_solve_rate=0.05, max_solve_rate=0.95))
+
+
+def test_the_committed_training_file_is_the_rule_applied_to_the_committed_rates():
+    """data/01_raw/prompts/shapeseval_train.csv is what `select_prompts` writes from the committed rates."""
+    rates = pd.read_csv(ROOT / "data/08_reporting/headroom_candidates.csv")
+    pool = base_parameters()["select_prompts"]["pool"]
+    expected = select_pool_prompts(rates, shapeseval_table(), PoolRule(**pool))
+    committed = pd.read_csv(ROOT / "data/01_raw/prompts/shapeseval_train.csv")
+    pd.testing.assert_frame_equal(committed[["prompt", "category", "split"]], expected[["prompt", "category", "split"]])
+    assert not set(committed["prompt"]) & set(shapeseval_table().query("split == 'test'")["prompt"])
+
+
+@pytest.mark.parametrize("low, high, key", [(-0.1, 0.5, "min_solve_rate"), (0.6, 0.5, "min_solve_rate"),
+                                            (0.1, 1.5, "max_solve_rate")])
+def test_bad_pool_rules_name_their_key(low, high, key):
+    with pytest.raises(ValueError, match=f"select_prompts.pool.{key}"):
+        PoolRule(min_solve_rate=low, max_solve_rate=high)

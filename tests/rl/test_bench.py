@@ -9,7 +9,8 @@ import sys
 
 import pytest
 
-from dpok.bench import PHASES, bench_round, bench_sampler
+from dpok.bench import PHASES, bench_fast_path, bench_round, bench_sampler, fast_path, fp32_eager
+from dpok.devices import cpu_matmul_dtypes
 from helpers import OFFLINE_ENV, ROOT
 
 
@@ -23,6 +24,51 @@ def test_sampler_and_round_measurements_on_a_tiny_pipeline(make_pipeline, prompt
     assert round_["round_seconds"] >= round_["phase_seconds"]["policy"] > 0
     assert round_["policy_transitions_per_round"] == 2 * 2 * 8
     assert round_["policy_transitions_per_second"] == pytest.approx(32 / round_["phase_seconds"]["policy"])
+
+
+def test_fast_path_against_fp32_eager_on_a_tiny_pipeline(make_pipeline, prompts, reward_fn, small_config):
+    config = small_config({"rollout.g_batch": 4, "policy.p_step": 1, "policy.accum": 1, "policy.p_batch": 8})
+    pipeline = make_pipeline()
+    result = bench_fast_path(pipeline, prompts, reward_fn, config, rounds=2, gemm_size=256)
+    has_amx = cpu_matmul_dtypes().get("bfloat16") == "AMX"  # where auto chooses bf16
+    assert result["precision"]["name"] == ("bf16" if has_amx else "fp32") and result["precision"]["compile"] is False
+    if has_amx:
+        baseline = result["round_fp32_eager"]["round_seconds"]
+        assert result["speedup_over_fp32_eager"] == pytest.approx(baseline / result["round"]["round_seconds"])
+    else:
+        assert result["round_fp32_eager"] is None and result["speedup_over_fp32_eager"] == 1.0
+    assert result["first_update_max_abs_log_ratio"] <= 1e-6 and result["first_update_max_abs_log_ratio_fp32"] <= 1e-6
+    flops = result["unet_flops"]
+    # per round: (4 sampled + 2 KL-report trajectories) x 4 steps of guided predictions, 8 trained transitions
+    assert flops["per_round"] == 6 * 4 * flops["per_guided_prediction"] + 8 * flops["per_trained_transition"]
+    # a trained transition: forward, backward (input gradients, about the forward again: the frozen weights get
+    # none) and the reference forward (kl.weight > 0)
+    assert 2 * flops["per_guided_prediction"] < flops["per_trained_transition"] < 4 * flops["per_guided_prediction"]
+    assert result["unet_flops_per_second"] == pytest.approx(flops["per_round"] / result["round"]["round_seconds"])
+    assert result["gemm_peak_flops_per_second"] > 0 and 0 < result["fraction_of_gemm_peak"] < 1
+    assert "dpok" not in (getattr(pipeline.unet, "peft_config", None) or {})  # every measurement on a copy
+
+
+@pytest.mark.skipif("bfloat16" not in cpu_matmul_dtypes(), reason="this CPU has no bfloat16 matmul")
+def test_a_named_precision_is_the_fast_path(make_pipeline, prompts, reward_fn, small_config):
+    config = small_config({"rollout.g_batch": 4, "policy.p_step": 1, "policy.accum": 1, "policy.p_batch": 8,
+                           "runtime.precision": "bf16"})
+    result = bench_fast_path(make_pipeline(), prompts, reward_fn, config, rounds=2, overrides=["runtime.precision=bf16"],
+                             gemm_size=256)
+    assert result["precision"]["name"] == "bf16" and result["round_fp32_eager"]["round_seconds"] > 0
+    assert result["speedup_over_fp32_eager"] == pytest.approx(
+        result["round_fp32_eager"]["round_seconds"] / result["round"]["round_seconds"])
+    assert result["first_update_max_abs_log_ratio"] <= 1e-6
+
+
+def test_the_fast_path_is_auto_unless_named():
+    from helpers import finetune_config
+
+    config = finetune_config()
+    assert (fast_path(config).runtime.precision, fast_path(config).runtime.compile) == ("auto", "auto")
+    named = fast_path(config, ["runtime.precision=bf16"]).runtime
+    assert (named.precision, named.compile) == ("fp32", "auto")  # named: left as the configuration says
+    assert (fp32_eager(fast_path(config)).runtime.precision, fp32_eager(config).runtime.compile) == ("fp32", False)
 
 
 def test_rounds_below_two_are_refused():

@@ -29,7 +29,7 @@ def test_tiny_run_reports_every_phase_as_json(gpu_check, tmp_path, capsys):
     assert printed == json.loads(output.read_text()) == json.loads(json.dumps(report))
     assert report["finite"] is True and report["tiny"] is True
     assert (report["batch"], report["steps"], report["guidance_scale"]) == (2, 3, 7.5)
-    assert (report["dtype"], report["mixed_precision"]) == ("float16", "fp16")  # conf/sd15's precision
+    assert (report["dtype"], report["precision"]) == ("float16", "fp16")  # conf/sd15's precision
     for phase in ("pipeline", "sampler", "sampler_without_autocast", "imagereward"):
         assert report[phase]["seconds"] > 0 and report[phase]["peak_memory_gib"] is None  # no GPU here
         assert report[phase]["samples_per_second"] == pytest.approx(2 / report[phase]["seconds"])
@@ -40,6 +40,17 @@ def test_tiny_run_reports_every_phase_as_json(gpu_check, tmp_path, capsys):
     # an unchanged policy rescored in fp16 at another batch shape: ratio 1 (the step's arithmetic is float32;
     # in the model's dtype it was |log ρ| ≈ 3e-3 here, 30 times the clip)
     assert report["rescoring_log_ratio"]["max"] <= 1e-5
+    # a whole round (2 trajectories × 3 steps) rescored by the update itself: exact (issue 29)
+    assert report["rescoring_log_ratio"]["transitions"] == 6
+    assert report["first_update_max_abs_log_ratio"] == report["rescoring_log_ratio"]["max"] <= 1e-6
+    baseline = report["dpok_round_fp32_eager"]
+    phases = ("seconds_sampling", "seconds_reward", "seconds_kl_report", "seconds_buffer", "seconds_value", "seconds_policy")
+    assert report["speedup_over_fp32_eager"] == pytest.approx(
+        sum(baseline[k] for k in phases) / sum(report["dpok_round"][k] for k in phases))
+    flops = report["unet_flops"]
+    assert 0 < flops["per_guided_prediction"] < flops["per_trained_transition"] < flops["per_round"]
+    assert report["fraction_of_gemm_peak"] == pytest.approx(
+        report["unet_flops_per_second"] / report["gemm_peak_flops_per_second"])
     first, other = report["dpok_round"], report["dpok_round_other_checkpointing"]
     assert (first["gradient_checkpointing"], other["gradient_checkpointing"]) == (False, True)
     for row in (first, other):

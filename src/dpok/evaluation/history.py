@@ -26,7 +26,8 @@ def learning_curves(
     history: pd.DataFrame, title: str = "DPOK fine-tuning", xlabel: str = "round",
     value_by_step: pd.DataFrame | None = None,
 ) -> Image.Image:
-    """Reward, KL bound and losses per round, one panel each (columns absent or all-NaN are skipped); with a
+    """Reward, KL bound and losses per round, one panel each (columns absent or all-NaN are skipped), and each
+    term of a reward mixture (``reward_mean/<name>`` columns); with a
     non-empty ``value_by_step`` (columns ``step``, ``value_variance_ratio``), a last panel of the value
     baseline's variance ratio per denoising step."""
     if "round" not in history.columns:
@@ -39,6 +40,9 @@ def learning_curves(
     }
     if not series:
         raise ValueError(f"the finetune history has none of the curve columns {list(CURVE_COLUMNS)}")
+    for column in history.columns:  # a reward mixture's terms, one panel each (dpok.rewards.reward_term_metrics)
+        if column.startswith("reward_mean/") and history[column].notna().any():
+            series[f"reward term {column.removeprefix('reward_mean/')} (unweighted mean)"] = (rounds, history[column].tolist())
     if value_by_step is not None and len(value_by_step):
         series[VALUE_PANEL] = (value_by_step["step"].tolist(), value_by_step["value_variance_ratio"].tolist())
     return curves_figure(series, title=title, xlabel=xlabel, xlabels={VALUE_PANEL: "denoising step (0 = noisiest)"})
@@ -90,6 +94,54 @@ def training_reward_curves(
         ax.set_ylabel("reward")
         ax.grid(alpha=0.3)
     fig.suptitle(title)
+    fig.tight_layout()
+    return figure_to_image(fig)
+
+
+def probe_curves(
+    probes: pd.DataFrame, rewards: pd.DataFrame, trajectories_per_round: int, images_per_prompt: int
+) -> Image.Image:
+    """The successors' GenEval-vs-steps plot: the probe's test accuracy (overall as GenEval averages it, and per
+    category) against reward calls, and beside it the training reward (each round's mean and a running mean).
+
+    ``probes``: :func:`dpok.evaluation.probe.probe_table` (``reward_calls``, ``accuracy``,
+    ``accuracy_<category>``); empty when the run had no probe, which the figure says. ``rewards``: a row per
+    sampled trajectory (``round``, ``reward``).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from dpok.evaluation.figures import figure_to_image
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    left = axes[0]
+    if probes.empty:
+        left.text(0.5, 0.5, "no probe in this run\n(finetune.probe.every_rounds: 0)", ha="center", va="center")
+    else:
+        for column in sorted(c for c in probes.columns if c.startswith("accuracy_")):
+            left.plot(probes["reward_calls"], probes[column], marker=".", lw=1.0, label=column.removeprefix("accuracy_"))
+        left.plot(probes["reward_calls"], probes["accuracy"], marker="o", lw=2.2, color="black", label="overall")
+        left.set_ylim(-0.02, 1.02)
+        left.legend(loc="lower right", fontsize=7)
+    left.set_title(f"ShapesEval test accuracy ({images_per_prompt} seed(s) per prompt)")
+    left.set_xlabel("reward calls (trajectories sampled)")
+    left.set_ylabel("accuracy (judge = 1)")
+    right = axes[1]
+    if not rewards.empty:
+        per_round = rewards.groupby("round")["reward"].mean()
+        calls = per_round.index.to_numpy() * trajectories_per_round
+        right.plot(calls, per_round.values, lw=0.6, alpha=0.4, color="gray", label="mean of each round")
+        window = max(1, len(per_round) // 8)
+        right.plot(calls, per_round.rolling(window, min_periods=1).mean().values, lw=1.8, color="black",
+                   label=f"running mean of {window} rounds")
+        right.legend(loc="lower right", fontsize=7)
+    right.set_title("training reward")
+    right.set_xlabel("reward calls (trajectories sampled)")
+    right.set_ylabel("reward")
+    for ax in axes:
+        ax.grid(alpha=0.3)
     fig.tight_layout()
     return figure_to_image(fig)
 

@@ -45,17 +45,30 @@ SCORE_MLP_KEYS = tuple(f"layers.{i}.{p}" for i in (0, 2, 4, 6, 7) for p in ("wei
 # --- preprocessing ---------------------------------------------------------------------------------
 
 
-def pil_resize_crop(images: np.ndarray, size: int) -> torch.Tensor:
+CROP_ROUNDING = ("torchvision", "transformers")
+
+
+def pil_resize_crop(images: np.ndarray, size: int, crop_rounding: str = "torchvision") -> torch.Tensor:
     """The originals' transform up to the normalisation, on ``(N, H, W, 3)`` uint8 images: PIL bicubic
     resize of the shorter side to ``size`` (torchvision ``Resize(size, BICUBIC)`` on a PIL image), centre
     crop ``size``×``size`` (``CenterCrop``), then ``ToTensor``. Returns float32 ``(N, 3, size, size)`` in
-    [0, 1], to be normalised by :func:`clip_preprocess` (which then neither resizes nor crops)."""
+    [0, 1], to be normalised by :func:`clip_preprocess` (which then neither resizes nor crops).
+
+    ``crop_rounding``: where an odd margin puts the crop. ``torchvision`` (OpenAI CLIP, OpenCLIP, BLIP):
+    ``round(margin / 2)``, Python's round-half-to-even; ``transformers`` (``CLIPImageProcessor``, PickScore's
+    reference): ``margin // 2``. They differ by one pixel when the margin is 3 mod 4 (e.g. 200×203 → 224×227).
+    """
     from PIL import Image
 
     if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
         raise ValueError(f"images must be uint8 (N, H, W, 3), got {images.dtype} {images.shape}")
+    if crop_rounding not in CROP_ROUNDING:
+        raise ValueError(f"crop_rounding must be one of {CROP_ROUNDING}, got {crop_rounding!r}")
     height, width = resized_shape(images.shape[1], images.shape[2], size)
-    top, left = int(round((height - size) / 2.0)), int(round((width - size) / 2.0))
+    if crop_rounding == "torchvision":
+        top, left = int(round((height - size) / 2.0)), int(round((width - size) / 2.0))
+    else:
+        top, left = (height - size) // 2, (width - size) // 2
     out = np.empty((len(images), size, size, 3), dtype=np.uint8)
     for index, image in enumerate(images):
         picture = Image.fromarray(image)

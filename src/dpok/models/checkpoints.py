@@ -94,7 +94,7 @@ def load_weights_file(path: str | Path) -> dict[str, torch.Tensor]:
     """A flat ``{name: tensor}`` from a ``.safetensors`` or torch pickle file (``weights_only``, no code runs).
 
     A pickle holding ``{"state_dict": {...}}`` or ``{"model": {...}}`` (training-checkpoint layouts) is
-    unwrapped.
+    unwrapped, also beside metadata that holds no tensor (``{"epoch": 3, "state_dict": {...}}``).
     """
     path = Path(path)
     if path.suffix == ".safetensors":
@@ -106,6 +106,10 @@ def load_weights_file(path: str | Path) -> dict[str, torch.Tensor]:
         (only_key, inner), = data.items()
         if only_key in ("state_dict", "model") and isinstance(inner, Mapping):
             data = inner
+    elif isinstance(data, Mapping) and isinstance(data.get("state_dict"), Mapping):
+        # a training checkpoint with metadata beside its weights (epoch, name: OpenCLIP's, HPSv2's)
+        if not any(isinstance(v, torch.Tensor) for k, v in data.items() if k != "state_dict"):
+            data = data["state_dict"]
     if not isinstance(data, Mapping) or not all(isinstance(v, torch.Tensor) for v in data.values()):
         raise CheckpointMismatchError(f"'{path}' does not hold a state dict (a mapping of names to tensors)")
     return dict(data)

@@ -13,6 +13,10 @@ sample the same low reward (nothing to compare), one it always solves gives noth
    ``heldout_per_category`` to ``heldout``; a category with one qualifying prompt puts it in ``train``
    and is reported, since it cannot be on both sides.
 
+The same measurement chooses the default run's *many-prompt* training set from ShapesEval's training pool
+(:func:`select_pool_prompts`): every pool prompt whose rate lies in ``select_prompts.pool``'s range (the pool's
+``train`` prompts to ``train``, its ``validation`` prompts to ``heldout``; ShapesEval's test prompts never).
+
 Nothing here looks at what fine-tuning later does with a prompt. Pure library code: the
 ``select_prompts`` pipeline measures the rates and calls :func:`select_headroom_prompts`.
 """
@@ -63,6 +67,28 @@ class HeadroomRule(Settings):
 
 
 @dataclass(frozen=True)
+class PoolRule(Settings):
+    """Which ShapesEval training-pool prompts the default run trains on (``select_prompts.pool``).
+
+    Attributes:
+        min_solve_rate: Lowest exact-solve rate of a prompt kept (below it, every group of its samples is
+            likely all-wrong: no comparison to learn from).
+        max_solve_rate: Highest exact-solve rate kept (above it, nothing to gain).
+    """
+
+    KEY_PATH: ClassVar[str] = "select_prompts.pool"
+
+    min_solve_rate: float
+    max_solve_rate: float
+
+    def __post_init__(self) -> None:
+        for name in ("min_solve_rate", "max_solve_rate"):
+            self.number(name, ge=0, le=1)
+        if self.min_solve_rate > self.max_solve_rate:
+            self.fail("min_solve_rate", f"<= {self.key('max_solve_rate')} ({self.max_solve_rate})")
+
+
+@dataclass(frozen=True)
 class SelectPromptsConfig(Settings):
     """All of ``select_prompts`` (``parameters_select_prompts.yml``).
 
@@ -71,6 +97,7 @@ class SelectPromptsConfig(Settings):
         seed: Base seed of those (``derive_seeds(seed, num_seeds)``); not the evaluation's seed.
         score: The alignment score (``dpok.rewards`` registry name) a sample is solved by.
         rule: :class:`HeadroomRule`.
+        pool: :class:`PoolRule`.
     """
 
     KEY_PATH: ClassVar[str] = "select_prompts"
@@ -79,6 +106,7 @@ class SelectPromptsConfig(Settings):
     seed: int
     score: str
     rule: HeadroomRule
+    pool: PoolRule
 
     def __post_init__(self) -> None:
         self.integer("num_seeds", 1)
@@ -150,4 +178,33 @@ def select_headroom_prompts(rates: pd.DataFrame, rule: HeadroomRule) -> tuple[pd
     return table, summary
 
 
-__all__ = ["HeadroomRule", "prompt_hash", "select_headroom_prompts", "solve_rates"]
+def select_pool_prompts(rates: pd.DataFrame, split: pd.DataFrame, rule: PoolRule) -> pd.DataFrame:
+    """ShapesEval's training pool cut to the prompts with signal: ``prompt, category, split, base_solve_rate,
+    base_mean_score``, the pool's ``train`` rows as ``train`` and its ``validation`` rows as ``heldout`` (a
+    prompt file); ShapesEval's ``test`` prompts are never in it.
+
+    ``rates``: :func:`solve_rates` of every grammar prompt; ``split``: the checked ShapesEval table. A pool
+    prompt without a measured rate is an error (the rates are stale: rerun ``select_prompts``).
+    """
+    pool = split[split["split"] != "test"]
+    measured = rates.set_index("prompt")
+    unmeasured = sorted(set(pool["prompt"]) - set(measured.index))
+    if unmeasured:
+        raise ValueError(
+            f"{len(unmeasured)} ShapesEval pool prompt(s) have no measured solve rate ({unmeasured[:3]}): the rates "
+            "predate the split; rerun `kedro run --pipelines select_prompts`"
+        )
+    rate = pool["prompt"].map(measured["solve_rate"])
+    kept = pool[rate.between(rule.min_solve_rate, rule.max_solve_rate)]
+    table = pd.DataFrame({
+        "prompt": kept["prompt"].to_numpy(),
+        "category": kept["category"].to_numpy(),
+        "split": kept["split"].map({"train": "train", "validation": "heldout"}).to_numpy(),
+        "base_solve_rate": kept["prompt"].map(measured["solve_rate"]).to_numpy(dtype=float),
+        "base_mean_score": kept["prompt"].map(measured["mean_score"]).to_numpy(dtype=float),
+    })
+    order = table["split"].map({"train": 0, "heldout": 1})
+    return table.assign(_order=order).sort_values(["_order", "category", "prompt"]).drop(columns="_order").reset_index(drop=True)
+
+
+__all__ = ["HeadroomRule", "PoolRule", "prompt_hash", "select_headroom_prompts", "select_pool_prompts", "solve_rates"]

@@ -7,14 +7,17 @@ register their rewards on import with :func:`register_reward`; ``dpok.rewards`` 
 ones, and other modules (e.g. an ImageReward or aesthetic wrapper) can add theirs the same way.
 
 :func:`get_reward_fn` wraps every reward so that a wrong number of scores or a NaN/inf score raises
-at once, instead of silently poisoning an advantage estimate many steps later.
+at once, instead of silently poisoning an advantage estimate many steps later. :func:`weighted_reward`
+sums rewards by weight and can record each term's scores, which :func:`reward_term_metrics` reports per round
+(``reward_mean/<name>``, ``reward_std/<name>``: the history CSV, MLflow and the learning curves).
 """
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -112,8 +115,63 @@ def get_reward_fn(name: str, **kwargs: Any) -> RewardFn:
     return checked_reward
 
 
-def weighted_reward(weights: Mapping[str, float], **reward_kwargs: Mapping[str, Any]) -> RewardFn:
-    """``sum_i weight_i * reward_i(images, prompts)`` over the named rewards.
+class WeightedReward:
+    """``sum_i weight_i * reward_i(images, prompts)``: a reward (call it like one) that can also record each
+    term's unweighted scores (:meth:`recording`), so a training loop can report which term moved
+    (:func:`reward_term_metrics`)."""
+
+    def __init__(self, parts: Sequence[tuple[str, RewardFn, float]]) -> None:
+        self.parts = list(parts)
+        self.weights = {name: weight for name, _, weight in self.parts}
+        self.label = " + ".join(f"{weight:g}*{name}" for name, _, weight in self.parts)
+        self.__name__ = "weighted_reward"
+        self.__doc__ = f"Weighted reward {self.label}."
+        self._recorded: dict[str, list[np.ndarray]] | None = None
+
+    def __call__(self, images: Any, prompts: Sequence[str]) -> np.ndarray:
+        scores = {name: reward(images, prompts) for name, reward, _ in self.parts}
+        total = checked_scores(self.label, sum(weight * scores[name] for name, _, weight in self.parts), len(prompts))
+        if self._recorded is not None:  # kept only once the whole batch scored
+            for name, values in scores.items():
+                self._recorded[name].append(values)
+        return total
+
+    @contextlib.contextmanager
+    def recording(self) -> Iterator[dict[str, list[np.ndarray]]]:
+        """Within the block, each call appends every term's unweighted scores to the yielded
+        ``{name: [scores of call 1, ...]}``; other calls (e.g. a value function's features) are not kept."""
+        if self._recorded is not None:
+            raise RuntimeError(f"{self.label}: already recording")
+        self._recorded = {name: [] for name in self.weights}
+        try:
+            yield self._recorded
+        finally:
+            self._recorded = None
+
+
+@contextlib.contextmanager
+def reward_term_metrics(reward_fn: Any, gather: Callable[[list[Any]], list[Any]] = list) -> Iterator[dict[str, float]]:
+    """Record the calls of the block; after it, the yielded dict holds ``reward_mean/<name>`` and
+    ``reward_std/<name>``: each term's unweighted mean and standard deviation over those calls, for a
+    :class:`WeightedReward` of two or more terms (nothing otherwise: with one term the total says it all).
+    ``gather`` collects every process's scores (:meth:`dpok.rl.distributed.Ranks.gather`); it is called only
+    if the block succeeds."""
+    metrics: dict[str, float] = {}
+    if not isinstance(reward_fn, WeightedReward) or len(reward_fn.parts) < 2:
+        yield metrics
+        return
+    with reward_fn.recording() as recorded:
+        yield metrics
+    local = {name: np.concatenate(parts) if parts else np.zeros(0) for name, parts in recorded.items()}
+    gathered = gather([local])
+    for name in local:
+        scores = np.concatenate([terms[name] for terms in gathered])
+        metrics[f"reward_mean/{name}"] = float(scores.mean()) if scores.size else math.nan
+        metrics[f"reward_std/{name}"] = float(scores.std()) if scores.size else math.nan
+
+
+def weighted_reward(weights: Mapping[str, float], **reward_kwargs: Mapping[str, Any]) -> WeightedReward:
+    """``sum_i weight_i * reward_i(images, prompts)`` over the named rewards (a :class:`WeightedReward`).
 
     Args:
         weights: ``{reward name: weight}``; finite weights, at least one non-zero. A reward of weight 0 is
@@ -137,16 +195,9 @@ def weighted_reward(weights: Mapping[str, float], **reward_kwargs: Mapping[str, 
     weights = {name: float(weight) for name, weight in weights.items() if weight != 0}
     if not weights:
         raise ValueError("weighted_reward: every weight is 0; give at least one reward a non-zero weight")
-    parts = [(get_reward_fn(name, **dict(reward_kwargs.get(name, {}))), weight) for name, weight in weights.items()]
-    label = " + ".join(f"{weight:g}*{name}" for name, weight in weights.items())
-
-    def combined(images: Any, prompts: Sequence[str]) -> np.ndarray:
-        total = sum(weight * reward(images, prompts) for reward, weight in parts)
-        return checked_scores(label, total, len(prompts))
-
-    combined.__name__ = "weighted_reward"
-    combined.__doc__ = f"Weighted reward {label}."
-    return combined
+    return WeightedReward(
+        [(name, get_reward_fn(name, **dict(reward_kwargs.get(name, {}))), weight) for name, weight in weights.items()]
+    )
 
 
 def check_batch_size(reward: str, batch_size: Any) -> None:

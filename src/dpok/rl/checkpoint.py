@@ -58,6 +58,7 @@ class TrainingState:
     value_optimizer: dict[str, Any] | None = None
     reward_normaliser: dict[str, Any] | None = None
     reward_log: list[list[Any]] | None = None
+    probe_log: list[dict[str, Any]] | None = None
 
 
 def checkpoint_name(round_number: int) -> str:
@@ -186,6 +187,7 @@ def save_checkpoint(root: str | Path, state: TrainingState) -> Path:
             "buffer_meta": state.buffer["meta"],
             "reward_normaliser": state.reward_normaliser,
             "reward_log": state.reward_log or [],
+            "probe_log": state.probe_log or [],
             "rng": {"numpy": state.rng["numpy"], "python": state.rng["python"]},
         }
         (tmp / STATE_FILE).write_text(json.dumps(document, indent=1))
@@ -254,4 +256,5 @@ def _read_checkpoint(path: Path) -> TrainingState:
         ),
         reward_normaliser=document["reward_normaliser"],
         reward_log=document["reward_log"],
+        probe_log=document.get("probe_log", []),  # absent before the probe existed
     )

@@ -28,7 +28,7 @@ from dpok.rl.kl import KL_FORMS
 from dpok.rl.losses import CLIP_MODES, NORMALISATION_SCALES, REWARD_NORMALISATIONS
 
 KEY_PATH = "finetune.rl"  # where these settings live in the parameters, for error messages
-MIXED_PRECISION_MODES = ("no", "fp16", "bf16")
+PRECISIONS = ("fp32", "bf16", "fp16", "auto")
 STEP_WEIGHTINGS = ("none", "equalise")
 VALUE_FEATURES = ("latent", "tweedie", "tweedie_reward")
 
@@ -267,11 +267,22 @@ class RuntimeConfig(Settings):
             (with N processes: a share of it per process). A one-process run equals an N-process run to the
             last bit when both set sample_batch_size and update_batch_size to the N-process shares
             (docs/distributed.md).
-        mixed_precision: ``"no"`` runs the UNet, VAE and text encoder in the pipeline's own dtype;
-            ``"fp16"``/``"bf16"`` run their forward passes (sampling, KL report, policy steps) under
-            ``torch.autocast`` in float16/bfloat16, fp16 with dynamic loss scaling (a step whose scaled
-            gradient overflows is skipped and counted; the scale restarts on resume). In every mode the
-            LoRA weights and their AdamW state are float32, and the value function runs in float32.
+        precision: What the diffusion model computes in (``dpok.rl.precision``, docs/throughput.md). ``"fp32"``:
+            the pipeline's own dtype, no autocast. ``"bf16"``/``"fp16"``: its forward and backward passes
+            (sampling, KL report, policy steps) in bfloat16/float16: on CUDA under ``torch.autocast``, fp16 with
+            dynamic loss scaling (a step whose scaled gradient overflows is skipped and counted; the scale
+            restarts on resume); on a CPU with the frozen weights held in that dtype during each phase (CPU
+            autocast casts every weight again at every call). ``"auto"``: bf16 on a CPU with AMX, fp32 on other
+            CPUs (with AVX512-BF16 alone bfloat16 measured slower on the shapes model); on CUDA the UNet's half
+            dtype (bf16 where the GPU has it for a float32 UNet, else fp16). bf16 on a CPU with neither AMX nor
+            AVX512-BF16 is refused at start-up. In every precision the LoRA weights and their AdamW state,
+            log-probabilities, advantages, the KL and the value function are float32, and sampling and the
+            update run the UNet on the same batch shapes, so that before an update the ratio is exactly 1.
+        compile: ``torch.compile`` the UNet for sampling, the KL report and the policy steps: ``true``, ``false``
+            or ``"auto"``, which does not compile (measured: minutes of compilation per graph on a CPU, and the
+            inference and training graphs round differently, so the ratio is no longer exact;
+            docs/throughput.md). ``true`` without a compiler (C++ on a CPU, Triton on a GPU) is refused at
+            start-up.
         gradient_checkpointing: Recompute the UNet's activations in the backward pass of the policy
             steps instead of storing them: less memory, slower steps, the same gradients.
     """
@@ -285,7 +296,8 @@ class RuntimeConfig(Settings):
     kl_report_trajectories: int
     sample_batch_size: int | None
     update_batch_size: int | None
-    mixed_precision: str
+    precision: str
+    compile: bool | str
     gradient_checkpointing: bool
 
     def __post_init__(self) -> None:
@@ -295,11 +307,9 @@ class RuntimeConfig(Settings):
         self.integer("kl_report_trajectories", 0)
         self.integer("sample_batch_size", 1, optional=True)
         self.integer("update_batch_size", 1, optional=True)
-        if self.mixed_precision is False:
-            # YAML 1.1 reads an unquoted `no` as false, and tools that rewrite parameter files (`dvc exp
-            # run -S`) drop the quotes, so false means "no" here.
-            self.set("mixed_precision", "no")
-        self.choice("mixed_precision", MIXED_PRECISION_MODES)
+        self.choice("precision", PRECISIONS)
+        if not (isinstance(self.compile, bool) or self.compile == "auto"):
+            self.fail("compile", "true, false or auto")
         self.boolean("gradient_checkpointing")
 
     def sample_chunk(self, g_batch: int, world_size: int = 1) -> int:

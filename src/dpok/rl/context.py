@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -18,6 +19,7 @@ import torch
 from dpok.models.lora import ADAPTER_NAME
 from dpok.rl.config import FinetuneConfig
 from dpok.rl.distributed import Ranks
+from dpok.rl.precision import RunPrecision, compiled, resolve_precision
 from dpok.rl.sampling import validate_scheduler_for_logprob
 
 logger = logging.getLogger(__name__)
@@ -59,6 +61,23 @@ class RoundContext:
     def device(self) -> torch.device:
         return self.pipeline.unet.device
 
+    @cached_property
+    def precision(self) -> RunPrecision:
+        """``runtime.precision`` and ``runtime.compile`` resolved for this machine (checked at start-up by
+        :func:`prepare_pipeline`)."""
+        return run_precision_of(self.pipeline, self.config)
+
+    @cached_property
+    def diffusion_unet(self) -> torch.nn.Module:
+        """The UNet as sampling and the update call it: compiled where ``runtime.compile`` resolves to true."""
+        return compiled(self.unet, self.precision)
+
+    @property
+    def call_rows(self) -> int | None:
+        """Latents per UNet call in sampling and the update (:func:`dpok.rl.sampling.guided_noise_prediction`):
+        the sampler's chunk outside float32 eager, so that both run the same shapes; None in float32 eager."""
+        return self.config.sample_chunk(self.ranks.world_size) if self.precision.fixed_call_shape else None
+
 
 def check_inputs(pipeline, prompts: Sequence[str], config: FinetuneConfig) -> list[str]:
     if not isinstance(config, FinetuneConfig):
@@ -78,16 +97,28 @@ def check_inputs(pipeline, prompts: Sequence[str], config: FinetuneConfig) -> li
     return prompts
 
 
-def prepare_pipeline(pipeline, config: FinetuneConfig) -> None:
+def run_precision_of(pipeline, config: FinetuneConfig) -> RunPrecision:
+    """:func:`dpok.rl.precision.resolve_precision` for ``pipeline``'s UNet (its device and weights' dtype)."""
+    return resolve_precision(config.runtime, pipeline.unet.device, pipeline.unet.dtype)
+
+
+def prepare_pipeline(pipeline, config: FinetuneConfig) -> RunPrecision:
+    """Freeze the pipeline and check the run's precision against the machine (an error at start-up, naming the
+    key, rather than a slow path or a failure mid-run); returns it."""
     for module in (pipeline.unet, pipeline.vae, pipeline.text_encoder):
         module.requires_grad_(False)
         module.eval()
-    if pipeline.unet.dtype == torch.float16 and config.runtime.mixed_precision != "fp16":
+    precision = run_precision_of(pipeline, config)
+    logger.info("%s", precision.reason)
+    if precision.warning:
+        logger.warning("%s", precision.warning)
+    if pipeline.unet.dtype == torch.float16 and not precision.loss_scaling:
         logger.warning(
-            "the UNet is float16 and finetune.rl.runtime.mixed_precision is %r: gradients pass through float16 "
-            "activations without loss scaling and may underflow; mixed_precision: fp16 adds the scaling",
-            config.runtime.mixed_precision,
+            "the UNet is float16 and finetune.rl.runtime.precision is %r: gradients pass through float16 "
+            "activations without loss scaling and may underflow; precision: fp16 adds the scaling",
+            precision.name,
         )
+    return precision
 
 
-__all__ = ["RewardFn", "RoundContext", "check_inputs", "prepare_pipeline"]
+__all__ = ["RewardFn", "RoundContext", "check_inputs", "prepare_pipeline", "run_precision_of"]

@@ -8,9 +8,9 @@ net are initialised from ``(seed, stream)``. A round therefore depends only on t
 repeats the uninterrupted run exactly. The global RNG states are saved and restored too, for a reward
 function that uses them.
 
-Precision: ``config.runtime.mixed_precision`` autocasts the diffusion model's forward passes only (sampling, the
-KL report, the policy steps; fp16 adds loss scaling); the LoRA weights and their optimiser, the value
-function and the reward stay float32, whatever the pipeline's dtype.
+Precision: ``config.runtime.precision`` applies to the diffusion model's passes only (sampling, the KL report,
+the policy steps; fp16 adds loss scaling; :mod:`dpok.rl.precision`); the LoRA weights and their optimiser, the
+value function and the reward stay float32, whatever the pipeline's dtype.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from dpok.rl.config import FinetuneConfig
 from dpok.rl.context import RewardFn, RoundContext
 from dpok.rl.distributed import Ranks
+from dpok.rl.precision import diffusion_passes, resolve_precision
 from dpok.rl.sampling import Trajectory, sample_trajectories
 
 # Random streams of a round (see module docstring).
@@ -32,14 +33,11 @@ from dpok.rl.sampling import Trajectory, sample_trajectories
     INITIAL_NOISE_STREAM,
 ) = range(7)
 
-_AUTOCAST_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
-
-
 def diffusion_autocast(config: FinetuneConfig, device: torch.device) -> contextlib.AbstractContextManager:
-    """Autocast for the diffusion model's forward passes (``config.runtime.mixed_precision``); a no-op for "no"."""
-    if config.runtime.mixed_precision == "no":
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=_AUTOCAST_DTYPES[config.runtime.mixed_precision])
+    """Autocast in ``config.runtime.precision`` for a float32 UNet's passes on ``device``; a no-op in fp32.
+    (train_dpok instead holds the weights in the half dtype where that is faster: :func:`diffusion_passes`.)"""
+    dtype = resolve_precision(config.runtime, torch.device(device), torch.float32).dtype
+    return contextlib.nullcontext() if dtype is None else torch.autocast(device_type=torch.device(device).type, dtype=dtype)
 
 
 def stream_seed(seed: int, *key: int) -> int:
@@ -79,10 +77,11 @@ def _initial_noise(unet, config: FinetuneConfig, round_number: int, groups: list
 
 def sample_round(
     pipeline, prompts: list[str], groups: list[int], config: FinetuneConfig, round_number: int,
-    ranks: Ranks = Ranks(),
+    ranks: Ranks = Ranks(), call_rows: int | None = None, unet: torch.nn.Module | None = None,
 ) -> Trajectory:
     """The round's trajectories in chunks of ``runtime.sample_batch_size``; each rank samples its chunks (trajectory
-    i from stream i) and all get all."""
+    i from stream i) and all get all. ``call_rows`` and ``unet`` (a compiled UNet): see
+    :func:`~dpok.rl.sampling.sample_trajectories`."""
     initial = _initial_noise(pipeline.unet, config, round_number, groups)
     parts = [
         sample_trajectories(
@@ -93,6 +92,8 @@ def sample_round(
             eta=config.sampler.eta,
             generator=[stream_generator(config.seed, round_number, SAMPLING_STREAM, i) for i in chunk],
             latents=None if initial is None else initial[chunk.start : chunk.stop],
+            call_rows=call_rows,
+            unet=unet,
         )
         for chunk in ranks.chunks(len(prompts), config.sample_chunk(ranks.world_size))
     ]
@@ -107,8 +108,9 @@ def rollout(context: RoundContext, round_number: int) -> tuple[list[str], list[i
     (no grad)."""
     config = context.config
     round_prompts, groups = draw_prompts(context.prompts, config, round_number)
-    with diffusion_autocast(config, context.device):
-        trajectory = sample_round(context.pipeline, round_prompts, groups, config, round_number, context.ranks)
+    with diffusion_passes(context.unet, context.precision):
+        trajectory = sample_round(context.pipeline, round_prompts, groups, config, round_number, context.ranks,
+                                  context.call_rows, context.diffusion_unet)
     return round_prompts, groups, trajectory
 
 

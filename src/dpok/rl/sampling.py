@@ -232,23 +232,48 @@ def guided_noise_prediction(
     prompt_embeds: torch.Tensor,
     negative_prompt_embeds: torch.Tensor | None,
     guidance_scale: float,
+    call_rows: int | None = None,
 ) -> torch.Tensor:
     """The CFG prediction ε̄ = ε(∅) + w·(ε(z) − ε(∅)) in one batched UNet call (no CFG without negatives).
 
     ``timesteps`` is a scalar or a (B,) tensor (one per latent). The float32 latents of a trajectory
-    enter the UNet in the text embeddings' dtype, the model's working dtype, as the stock pipeline
-    keeps its latents.
+    enter the UNet in its weights' dtype, the model's working dtype, as the stock pipeline keeps its latents.
+
+    ``call_rows``: run the UNet in calls of exactly this many latents, the last one padded with copies of
+    its last latent, so that every call has the same shape whatever the batch (``dpok.rl.precision``: the
+    sampler and the update then compute each row with the same kernels, and the ratio of an unchanged
+    policy is exactly 1). None: one call of the whole batch.
     """
-    latents = latents.to(prompt_embeds.dtype)
+    if call_rows is not None and latents.shape[0] != call_rows:
+        return _in_calls_of(call_rows, unet, latents, timesteps, prompt_embeds, negative_prompt_embeds, guidance_scale)
+    dtype = getattr(unet, "dtype", prompt_embeds.dtype)
+    latents, prompt_embeds = latents.to(dtype), prompt_embeds.to(dtype)
     if negative_prompt_embeds is None:
         return unet(latents, timesteps, encoder_hidden_states=prompt_embeds, return_dict=False)[0]
     model_input = torch.cat([latents, latents])
     if isinstance(timesteps, torch.Tensor) and timesteps.ndim == 1:
         timesteps = torch.cat([timesteps, timesteps])
-    embeds = torch.cat([negative_prompt_embeds, prompt_embeds])
+    embeds = torch.cat([negative_prompt_embeds.to(dtype), prompt_embeds])
     prediction = unet(model_input, timesteps, encoder_hidden_states=embeds, return_dict=False)[0]
     uncond, text = prediction.chunk(2)
     return uncond + guidance_scale * (text - uncond)
+
+
+def _in_calls_of(rows, unet, latents, timesteps, prompt_embeds, negative_prompt_embeds, guidance_scale):
+    """:func:`guided_noise_prediction` in calls of ``rows`` latents each, the last padded (see there)."""
+    count = latents.shape[0]
+    if not isinstance(timesteps, torch.Tensor) or timesteps.ndim == 0:
+        # one timestep per latent: what the UNet itself expands a scalar to
+        timesteps = torch.as_tensor(timesteps, device=latents.device).reshape(1).expand(count)
+    parts = []
+    for start in range(0, count, rows):
+        index = torch.arange(start, start + rows, device=latents.device).clamp(max=count - 1)
+        negative = None if negative_prompt_embeds is None else negative_prompt_embeds[index]
+        prediction = guided_noise_prediction(
+            unet, latents[index], timesteps[index], prompt_embeds[index], negative, guidance_scale, rows
+        )
+        parts.append(prediction[: min(rows, count - start)])
+    return torch.cat(parts)
 
 
 @dataclass
@@ -379,13 +404,17 @@ def sample_trajectories(
     generator: Generator = None,
     latents: torch.Tensor | None = None,
     output_type: str = "np",
+    call_rows: int | None = None,
+    unet: torch.nn.Module | None = None,
 ) -> Trajectory:
     """Sample one trajectory per prompt with a ``StableDiffusionPipeline``'s components, with log-probs.
 
     Same computation and random draws as ``pipeline(prompts, num_inference_steps=..., guidance_scale=...,
     eta=..., generator=...)``: CFG iff ``guidance_scale > 1``, empty negative prompt, initial noise and
     per-step noise from ``generator`` (one generator, or one per prompt). ``output_type`` is ``"np"``
-    (decode to uint8 NHWC images) or ``"latent"`` (no decoding, ``images`` is None).
+    (decode to uint8 NHWC images) or ``"latent"`` (no decoding, ``images`` is None). ``call_rows``: the
+    shape of every UNet call (:func:`guided_noise_prediction`); ``unet``: the pipeline's UNet compiled
+    (``torch.compile``), or None for the UNet itself.
     """
     if output_type not in ("np", "latent"):
         raise ValueError(f"output_type must be 'np' or 'latent', got {output_type!r}")
@@ -413,7 +442,7 @@ def sample_trajectories(
     for t in timesteps:
         model_input = scheduler.scale_model_input(x, t)  # the identity for DDIM, kept as the stock loop has it
         noise_pred = guided_noise_prediction(
-            pipeline.unet, model_input, t, prompt_embeds, negative_prompt_embeds, guidance_scale
+            pipeline.unet if unet is None else unet, model_input, t, prompt_embeds, negative_prompt_embeds, guidance_scale, call_rows
         )
         x, log_prob = ddim_step_with_logprob(scheduler, noise_pred, t, x, eta, generator=generator)
         all_latents.append(x)

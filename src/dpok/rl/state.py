@@ -18,6 +18,7 @@ from dpok.rl.buffer import TransitionBuffer
 from dpok.rl.checkpoint import TrainingState, capture_rng_state, checkpoint_round, restore_rng_state
 from dpok.rl.config import RESUMABLE_GROUP, FinetuneConfig
 from dpok.rl.losses import PerPromptRewardNormaliser
+from dpok.rl.precision import resolve_precision
 from dpok.rl.rollout import LORA_INIT_STREAM, VALUE_INIT_STREAM, stream_seed
 from dpok.rl.value import ValueFunction
 
@@ -29,13 +30,14 @@ class RunState:
     Attributes:
         lora_params: The trainable LoRA weights (float32) of the UNet's adapter.
         optimizer: AdamW over ``lora_params``.
-        scaler: fp16 loss scaler (disabled, a pass-through, unless ``runtime.mixed_precision`` is fp16).
+        scaler: fp16 loss scaler (disabled, a pass-through, unless ``runtime.precision`` resolves to fp16).
         buffer: The FIFO transition buffer.
         value_fn: V_φ, or None without a value function.
         value_optimizer: AdamW over V_φ, or None.
         normaliser: Per-prompt reward statistics (``reward_normalisation: per_prompt``), or None.
         history: One metrics dict per finished round.
         reward_log: ``[round, prompt, reward]`` of every sampled trajectory (for per-prompt curves).
+        probe_log: One row per benchmark probe (``round`` and the probe's metrics; dpok.evaluation.probe).
     """
 
     lora_params: list[torch.nn.Parameter]
@@ -47,6 +49,7 @@ class RunState:
     normaliser: PerPromptRewardNormaliser | None
     history: list[dict[str, float]]
     reward_log: list[list[Any]]
+    probe_log: list[dict[str, Any]]
 
     @property
     def round(self) -> int:
@@ -77,13 +80,14 @@ class RunState:
             lora_params=lora_params,
             optimizer=torch.optim.AdamW(lora_params, lr=config.policy.learning_rate, weight_decay=config.policy.adam_weight_decay),
             # Dynamic loss scaling for fp16 only; disabled, its calls are the plain ones (scale(x) is x).
-            scaler=torch.amp.GradScaler(device.type, enabled=config.runtime.mixed_precision == "fp16"),
+            scaler=torch.amp.GradScaler(device.type, enabled=resolve_precision(config.runtime, device, unet.dtype).loss_scaling),
             buffer=TransitionBuffer(config.policy.buffer_size),
             value_fn=value_fn,
             value_optimizer=value_optimizer,
             normaliser=normaliser,
             history=[],
             reward_log=[],
+            probe_log=[],
         )
 
     def capture(self, unet: torch.nn.Module, config: FinetuneConfig) -> TrainingState:
@@ -102,6 +106,7 @@ class RunState:
             value_optimizer=None if self.value_optimizer is None else self.value_optimizer.state_dict(),
             reward_normaliser=None if self.normaliser is None else self.normaliser.state_dict(),
             reward_log=[list(row) for row in self.reward_log],
+            probe_log=[dict(row) for row in self.probe_log],
         )
 
     def restore(self, state: TrainingState, unet: torch.nn.Module) -> None:
@@ -117,6 +122,7 @@ class RunState:
         restore_rng_state(state.rng)
         self.history = list(state.history)
         self.reward_log = [list(row) for row in state.reward_log or []]
+        self.probe_log = [dict(row) for row in state.probe_log or []]
 
 
 def attach_trainable_lora(unet: torch.nn.Module, config: FinetuneConfig) -> list[torch.nn.Parameter]:

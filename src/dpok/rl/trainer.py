@@ -21,19 +21,22 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from tqdm.auto import tqdm
 
 from dpok.models.lora import lora_state_dict
+from dpok.rewards.registry import reward_term_metrics
 from dpok.rl.baseline import final_value_variance, push_transitions, value_steps
 from dpok.rl.checkpoint import (
+    capture_rng_state,
     clean_partial_checkpoints,
     list_checkpoints,
     load_checkpoint,
     prune_checkpoints,
     remove_checkpoints,
+    restore_rng_state,
     save_checkpoint,
 )
 from dpok.rl.config import FinetuneConfig
@@ -79,7 +82,9 @@ clipping; ``skipped_steps``: policy steps dropped for a non-finite loss or gradi
 ``baseline_variance_ratio``: the same for the whole baseline on the raw reward, Var(r − (m + s·V))/Var(r),
 where m and s standardise the reward (``advantage.normalisation``): what the group or prompt mean and V_φ
 remove together;
-``uniform_groups``: groups (``reward_normalisation: group``) left out because all their rewards were equal."""
+``uniform_groups``: groups (``reward_normalisation: group``) left out because all their rewards were equal.
+A weighted mixture of two or more rewards (:class:`dpok.rewards.WeightedReward`) adds ``reward_mean/<name>``
+and ``reward_std/<name>`` per term, unweighted (:func:`dpok.rewards.reward_term_metrics`)."""
 
 
 @dataclass
@@ -98,6 +103,8 @@ class TrainingResult:
         value_variance_by_step: ``{step index: Var(r − V)/Var(r)}`` (0 = the noisiest step) over the final
             buffer's transitions (the last rounds'), V the baseline each got when it entered the buffer,
             before V_φ was fitted on it; empty without a value function.
+        probe_log: One row per benchmark probe (``round``, then the probe's metrics), resumed rounds included;
+            empty without a probe.
     """
 
     history: list[dict[str, float]]
@@ -108,6 +115,7 @@ class TrainingResult:
     resumed_from: Path | None
     reward_log: list[list[Any]]
     value_variance_by_step: dict[int, float] = field(default_factory=dict)
+    probe_log: list[dict[str, float]] = field(default_factory=list)
 
     @property
     def skipped_steps(self) -> int:
@@ -135,7 +143,8 @@ def _train_round(context: RoundContext, run: RunState, round_number: int) -> dic
     clock = _Stopwatch()
     with clock("sampling"):  # 1. prompts and trajectories from the current policy, no grad
         round_prompts, groups, trajectory = rollout(context, round_number)
-    with clock("reward"):  # 2. a reward per trajectory
+    # 2. a reward per trajectory (and a mixture's terms, unweighted, filled in after the block)
+    with clock("reward"), reward_term_metrics(context.reward_fn, context.ranks.gather) as reward_terms:
         rewards = score_shared(context, trajectory.images, round_prompts, round_number)
     run.reward_log.extend([round_number, prompt, float(r)] for prompt, r in zip(round_prompts, rewards))
     with clock("kl_report"):
@@ -153,6 +162,7 @@ def _train_round(context: RoundContext, run: RunState, round_number: int) -> dic
         "reward_std": float(rewards.std()),
         "reward_min": float(rewards.min()),
         "reward_max": float(rewards.max()),
+        **reward_terms,
         "kl_bound_nats": kl_bound,
         "kl_penalty": policy["kl_penalty"],
         "policy_loss": policy["policy_loss"],
@@ -171,6 +181,33 @@ def _train_round(context: RoundContext, run: RunState, round_number: int) -> dic
     }
 
 
+class Probe(Protocol):
+    """Scores the policy on a benchmark during training (:class:`dpok.evaluation.probe.BenchmarkProbe`)."""
+
+    every_rounds: int
+
+    def __call__(self, pipeline) -> dict[str, float]: ...
+
+
+def _run_probe(probe: Probe, pipeline, run: RunState, round_number: int, num_rounds: int) -> None:
+    """Probe after ``round_number`` (0: before training) when it is due and not yet recorded (a resumed run
+    has its earlier rows). The global random state is restored afterwards, so the probe cannot change what
+    the run trains, whatever the sampler it calls draws."""
+    due = round_number % probe.every_rounds == 0 or round_number == num_rounds
+    if not due or any(row["round"] == round_number for row in run.probe_log):
+        return
+    saved = capture_rng_state()
+    try:
+        with torch.no_grad():
+            metrics = probe(pipeline)
+    finally:
+        restore_rng_state(saved)
+    run.probe_log.append({"round": round_number, **metrics})
+    logger.info("probe after round %d: accuracy %.3f, mean score %.4f (%.1f s)", round_number,
+                metrics.get("accuracy", float("nan")), metrics.get("score_mean", float("nan")),
+                metrics.get("seconds", float("nan")))
+
+
 def train_dpok(
     pipeline,
     prompts: Sequence[str],
@@ -180,6 +217,7 @@ def train_dpok(
     on_round: Callable[[int, dict[str, float]], None] | None = None,
     progress: bool = True,
     ranks: Ranks | None = None,
+    probe: Probe | None = None,
 ) -> TrainingResult:
     """Fine-tune ``pipeline.unet`` with a LoRA adapter by DPOK; returns the history and final LoRA.
 
@@ -192,7 +230,12 @@ def train_dpok(
     ``ranks`` (:func:`dpok.rl.distributed.start_ranks`): the processes of a multi-process launch, each
     calling this with its own pipeline on its own device; they share every round's work, end each round
     in the same state, and only the main rank writes checkpoints, reports progress and calls ``on_round``.
+
+    ``probe`` (optional, ``probe.every_rounds > 0``): called with the pipeline on the main rank before the
+    first round, after every ``every_rounds`` rounds and after the last, before that round's checkpoint;
+    its rows are kept in the checkpoints and returned as :attr:`TrainingResult.probe_log`.
     """
+    probing = probe is not None and probe.every_rounds > 0
     prompts = check_inputs(pipeline, prompts, config)
     ranks = ranks or Ranks()
     checkpoint_dir = Path(checkpoint_dir)
@@ -228,9 +271,13 @@ def train_dpok(
     bar = tqdm(total=config.runtime.num_rounds, initial=run.round, disable=not progress or not ranks.is_main,
                desc="DPOK rounds")
     try:
+        if probing and ranks.is_main and run.round == 0:
+            _run_probe(probe, pipeline, run, 0, config.runtime.num_rounds)
         for round_number in range(run.round + 1, config.runtime.num_rounds + 1):
             metrics = _train_round(context, run, round_number)
             run.history.append(metrics)
+            if probing and ranks.is_main:
+                _run_probe(probe, pipeline, run, round_number, config.runtime.num_rounds)
             if round_number % config.runtime.checkpoint_every == 0 or round_number == config.runtime.num_rounds:
                 if ranks.is_main:
                     last_checkpoint = save_checkpoint(checkpoint_dir, run.capture(unet, config))
@@ -265,7 +312,8 @@ def train_dpok(
         resumed_from=resumed_from,
         reward_log=run.reward_log,
         value_variance_by_step=final_value_variance(run),
+        probe_log=[dict(row) for row in run.probe_log],
     )
 
 
-__all__ = ["METRIC_NAMES", "TrainingResult", "train_dpok"]
+__all__ = ["METRIC_NAMES", "Probe", "TrainingResult", "train_dpok"]

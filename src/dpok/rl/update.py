@@ -11,12 +11,13 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from dpok.rl.buffer import TransitionBatch
+from dpok.rl.buffer import TransitionBatch, TransitionBuffer
 from dpok.rl.config import FinetuneConfig
 from dpok.rl.context import RoundContext
 from dpok.rl.kl import reference_model, step_kl, trajectory_kl_bound
 from dpok.rl.losses import advantages, policy_loss
-from dpok.rl.rollout import POLICY_STREAM, diffusion_autocast, stream_generator
+from dpok.rl.precision import autocast, diffusion_passes, half_weights
+from dpok.rl.rollout import POLICY_STREAM, stream_generator
 from dpok.rl.sampling import Trajectory, ddim_step_with_logprob, guided_noise_prediction, policy_gradient_scale
 
 if TYPE_CHECKING:
@@ -42,22 +43,38 @@ def mean_or_nan(values: list[float]) -> float:
     return float(np.mean(values)) if values else float("nan")
 
 
+def rescore(context: RoundContext, batch: TransitionBatch) -> tuple[torch.Tensor, torch.Tensor]:
+    """The current policy's guided prediction at each transition of ``batch`` and its log p_θ(x_{t−1} | x_t, z).
+
+    The UNet runs as the sampler ran it (the same module, precision and call shape, ``dpok.rl.precision``),
+    so for transitions the current policy sampled the log-probability is the stored one, to the last bit.
+    """
+    config = context.config
+    with autocast(context.precision):
+        model_output = guided_noise_prediction(
+            context.diffusion_unet, batch.latents, batch.timesteps, batch.prompt_embeds, batch.negative_prompt_embeds,
+            config.sampler.guidance_scale, context.call_rows,
+        )
+    _, log_prob = ddim_step_with_logprob(
+        context.scheduler, model_output, batch.timesteps, batch.latents, config.sampler.eta, prev_sample=batch.next_latents
+    )
+    return model_output, log_prob
+
+
 def _policy_microbatch(
     context: RoundContext, batch: TransitionBatch
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """loss = clipped surrogate + β·KL_t on one micro-batch (docs/algorithm.md §4, step 5)."""
-    unet, scheduler, config = context.unet, context.scheduler, context.config
+    unet, scheduler, config = context.diffusion_unet, context.scheduler, context.config
     timesteps, x_t = batch.timesteps, batch.latents
     cond, uncond = batch.prompt_embeds, batch.negative_prompt_embeds
     reference_output = None
     if config.kl.weight > 0:
-        with torch.no_grad(), reference_model(unet), diffusion_autocast(config, x_t.device):
-            reference_output = guided_noise_prediction(unet, x_t, timesteps, cond, uncond, config.sampler.guidance_scale)
-    with diffusion_autocast(config, x_t.device):
-        model_output = guided_noise_prediction(unet, x_t, timesteps, cond, uncond, config.sampler.guidance_scale)
-    _, log_prob = ddim_step_with_logprob(
-        scheduler, model_output, timesteps, x_t, config.sampler.eta, prev_sample=batch.next_latents
-    )
+        with torch.no_grad(), reference_model(context.unet), autocast(context.precision):
+            reference_output = guided_noise_prediction(
+                unet, x_t, timesteps, cond, uncond, config.sampler.guidance_scale, context.call_rows
+            )
+    model_output, log_prob = rescore(context, batch)
     ratio = torch.exp(log_prob - batch.log_probs)
     # The baseline was predicted when the transition entered the buffer, before V_φ regressed its reward
     # (zero without a value function).
@@ -150,18 +167,19 @@ def policy_steps(context: RoundContext, run: RunState, round_number: int) -> dic
     if len(run.buffer):
         context.scheduler.set_timesteps(config.sampler.num_inference_steps)
         generator = stream_generator(config.seed, round_number, POLICY_STREAM)
-        for step in range(config.policy.p_step):
-            problem, grad_norm, micro_stats = _policy_step(context, run, generator)
-            if problem is not None:
-                skipped += 1
-                if context.ranks.is_main:
-                    logger.warning("round %d, policy step %d: %s; step skipped, LoRA unchanged",
-                                   round_number, step + 1, problem)
-                continue
-            grad_norms.append(grad_norm)
-            for micro in micro_stats:
-                for key, value in micro.items():
-                    stats[key].append(float(value))
+        with half_weights(context.unet, context.precision):  # forward and backward passes alike
+            for step in range(config.policy.p_step):
+                problem, grad_norm, micro_stats = _policy_step(context, run, generator)
+                if problem is not None:
+                    skipped += 1
+                    if context.ranks.is_main:
+                        logger.warning("round %d, policy step %d: %s; step skipped, LoRA unchanged",
+                                       round_number, step + 1, problem)
+                    continue
+                grad_norms.append(grad_norm)
+                for micro in micro_stats:
+                    for key, value in micro.items():
+                        stats[key].append(float(value))
     return {**{key: mean_or_nan(values) for key, values in stats.items()}, "grad_norm": mean_or_nan(grad_norms),
             "skipped_steps": skipped}
 
@@ -175,12 +193,32 @@ def kl_report(context: RoundContext, trajectory: Trajectory) -> float:
     share = ranks.shard(min(config.runtime.kl_report_trajectories, trajectory.batch_size))
     bounds = []
     if len(share):
-        with diffusion_autocast(config, context.device):
+        with diffusion_passes(context.unet, context.precision):
             bounds = [trajectory_kl_bound(
-                context.unet, context.scheduler, trajectory.subset(share) if ranks.distributed else trajectory,
+                context.diffusion_unet, context.scheduler, trajectory.subset(share) if ranks.distributed else trajectory,
                 num_trajectories=len(share), chunk_size=config.sample_chunk(),
             ).cpu()]
     return float(torch.cat(ranks.gather(bounds)).mean())
 
 
-__all__ = ["kl_report", "mean_or_nan", "policy_steps", "step_weights"]
+def rescoring_log_ratios(context: RoundContext, trajectory: Trajectory) -> torch.Tensor:
+    """|log ρ| of every transition of ``trajectory``, (B·T,): each rescored by :func:`rescore` in the update's
+    micro-batches (``policy.p_batch``, in chunks of ``runtime.update_batch_size``), with gradients recorded as
+    the update records them, under the current weights. For a round the current policy sampled, all zeros
+    when the ratio is exact (``python -m dpok.bench``: ``first_update_max_abs_log_ratio``)."""
+    config = context.config
+    buffer = TransitionBuffer(trajectory.batch_size * trajectory.num_steps)
+    buffer.push(trajectory, np.zeros(trajectory.batch_size))
+    context.scheduler.set_timesteps(config.sampler.num_inference_steps)
+    gaps = []
+    with half_weights(context.unet, context.precision):
+        for start in range(0, len(buffer), config.policy.p_batch):
+            batch = buffer.get(torch.arange(start, min(start + config.policy.p_batch, len(buffer))))
+            for rows in context.ranks.chunks(len(batch), config.runtime.update_batch_size):
+                part = batch.rows(rows).to(context.device)
+                _, log_prob = rescore(context, part)
+                gaps.append((log_prob.detach() - part.log_probs).abs().cpu())
+    return torch.cat(gaps)
+
+
+__all__ = ["kl_report", "mean_or_nan", "policy_steps", "rescore", "rescoring_log_ratios", "step_weights"]

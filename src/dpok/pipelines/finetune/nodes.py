@@ -16,8 +16,10 @@ from PIL import Image
 
 from dpok.config import Settings, check_keys, from_mapping, to_plain
 from dpok.devices import check_device_name, resolve_device
-from dpok.evaluation.history import learning_curves, training_reward_curves
+from dpok.evaluation.history import learning_curves, probe_curves, training_reward_curves
+from dpok.evaluation.probe import BenchmarkProbe, ProbeConfig, probe_table
 from dpok.models import check_prompt_words
+from dpok.prompts.shapeseval import benchmark_prompts, check_split_table
 from dpok.provenance import (
     changed_code_since,
     identity_fingerprint,
@@ -25,7 +27,7 @@ from dpok.provenance import (
     source_digests,
     write_identity,
 )
-from dpok.rewards import weighted_reward
+from dpok.rewards import get_reward_fn, weighted_reward
 from dpok.rl import FinetuneConfig, SFTConfig, train_dpok, train_sft
 from dpok.rl.distributed import Ranks, check_launch, launched_world_size, start_ranks
 
@@ -56,6 +58,8 @@ class FinetuneRunConfig(Settings):
         sft: :class:`dpok.rl.SFTConfig` (``method: sft`` only).
         rl: :class:`dpok.rl.FinetuneConfig` (SFT uses the seed, sample budget, sampler, LoRA and optimiser
             settings).
+        probe: :class:`dpok.evaluation.probe.ProbeConfig`: ShapesEval's test accuracy measured during
+            training (DPOK only; it does not change what is trained, so it is not part of the run's identity).
     """
 
     KEY_PATH: ClassVar[str] = "finetune"
@@ -68,6 +72,7 @@ class FinetuneRunConfig(Settings):
     method: str
     sft: SFTConfig
     rl: FinetuneConfig
+    probe: ProbeConfig
 
     def __post_init__(self) -> None:
         self.choice("method", METHODS)
@@ -87,19 +92,28 @@ class FinetuneRunConfig(Settings):
         """Build from the ``finetune`` and ``sampler`` parameters; unknown, missing and bad keys are errors
         naming their full path."""
         params = check_keys(params, {f.name for f in fields(cls)}, cls.KEY_PATH)
-        return from_mapping(cls, params, cls.KEY_PATH, rl=FinetuneConfig.from_params(params.get("rl"), sampler))
+        return from_mapping(cls, params, cls.KEY_PATH, rl=FinetuneConfig.from_params(params.get("rl"), sampler),
+                            probe=ProbeConfig.from_dict(params.get("probe")))
 
     def reward_fn(self):
         """The weighted reward; building it is cheap (weights load on the first call)."""
         return weighted_reward(dict(self.reward), **{k: dict(v) for k, v in self.reward_kwargs.items()})
 
 
+_BENCHMARK_SOURCE = "data/01_raw/prompts/shapeseval.csv (catalog entry shapeseval_prompts)"
+
+
 def validate_finetune_params(
-    params: dict[str, Any], sampler: dict[str, Any], prompts: pd.DataFrame
-) -> tuple[FinetuneRunConfig, pd.DataFrame]:
-    """Check every parameter and the training prompts before any model is loaded: the typed configuration
-    and the training prompts (``prompt``, ``category``) every later node takes."""
+    params: dict[str, Any], sampler: dict[str, Any], prompts: pd.DataFrame, benchmark: pd.DataFrame
+) -> tuple[FinetuneRunConfig, pd.DataFrame, pd.DataFrame]:
+    """Check every parameter and the training prompts before any model is loaded: the typed configuration,
+    the training prompts (``prompt``, ``category``) every later node takes, and the benchmark's test prompts
+    the probe scores (empty when ``finetune.probe.every_rounds`` is 0)."""
     config = FinetuneRunConfig.from_params(params, sampler)
+    probe_prompts = pd.DataFrame(columns=["prompt", "category"])
+    if config.probe.enabled and config.method == "dpok":
+        get_reward_fn(config.probe.score)  # an unknown name fails here, with the list of known ones
+        probe_prompts = benchmark_prompts(check_split_table(benchmark, _BENCHMARK_SOURCE))[["prompt", "category"]]
     check_launch()
     if config.method == "sft" and launched_world_size() > 1:
         raise ValueError(
@@ -126,9 +140,17 @@ def validate_finetune_params(
             len(train), rl.runtime.num_rounds, rl.rollout.g_batch, config.reward, rl.kl.form, rl.kl.weight,
             rl.policy.clip_mode, rl.policy.clip_range,
         )
+    if not probe_prompts.empty:
+        leaked = sorted(set(train["prompt"]) & set(probe_prompts["prompt"]))
+        if leaked:
+            raise ValueError(
+                f"{len(leaked)} training prompt(s) are ShapesEval test prompts ({', '.join(map(repr, leaked[:5]))}), "
+                f"which the probe (finetune.probe) scores as never trained on; remove them from the prompt file "
+                f"(prompts.path) or set finetune.probe.every_rounds: 0"
+            )
     categories = train["category"] if "category" in train.columns else None
     return config, pd.DataFrame({"prompt": train["prompt"].tolist(),
-                                 "category": None if categories is None else categories.tolist()})
+                                 "category": None if categories is None else categories.tolist()}), probe_prompts
 
 
 def _log_round_to_mlflow(round_number: int, metrics: dict[str, float]) -> None:
@@ -175,10 +197,12 @@ def _checkpoint_folder(config: FinetuneRunConfig, prompts: list[str], model: str
     return folder
 
 
-def finetune(pipeline: StableDiffusionPipeline, config: FinetuneRunConfig, train_prompts: pd.DataFrame):
+def finetune(pipeline: StableDiffusionPipeline, config: FinetuneRunConfig, train_prompts: pd.DataFrame,
+             probe_prompts: pd.DataFrame):
     """Run DPOK; returns the adapted UNet (saved as LoRA by the catalog), the history table (a row per
-    round), the training rewards (a row per sampled trajectory: round, prompt, category, reward) and the
-    value baseline's variance ratio per step."""
+    round), the training rewards (a row per sampled trajectory: round, prompt, category, reward), the
+    value baseline's variance ratio per step and the probe's table (a row per probe: round, reward calls,
+    accuracy overall and per category, mean score)."""
     prompts = train_prompts["prompt"].tolist()
     # A closed-vocabulary tokenizer (the shapes world's) refuses unknown words; CLIP's accepts all.
     check_prompt_words(pipeline.tokenizer, prompts)
@@ -189,6 +213,11 @@ def finetune(pipeline: StableDiffusionPipeline, config: FinetuneRunConfig, train
         return _finetune_sft(pipeline, config, train_prompts)
     checkpoint_dir = _checkpoint_folder(config, prompts, model, ranks)
     logger.info("Checkpoints: %s", checkpoint_dir)
+    probe = None
+    if not probe_prompts.empty:
+        probe = BenchmarkProbe(probe_prompts, config.probe, config.rl.sampler, get_reward_fn(config.probe.score))
+        logger.info("Probe: %d ShapesEval test prompts × %d seeds every %d rounds", len(probe_prompts),
+                    config.probe.images_per_prompt, config.probe.every_rounds)
     result = train_dpok(
         pipeline,
         prompts,
@@ -197,13 +226,18 @@ def finetune(pipeline: StableDiffusionPipeline, config: FinetuneRunConfig, train
         checkpoint_dir,
         on_round=_log_round_to_mlflow,
         ranks=ranks,
+        probe=probe,
     )
+    probes = probe_table(result.probe_log, config.rl.rollout.g_batch)
+    for row in probes.to_dict("records"):
+        _log_round_to_mlflow(int(row["round"]), {f"probe_{k}": v for k, v in row.items() if k != "round"})
     if result.skipped_steps:
         logger.warning("%d policy step(s) were skipped for a non-finite loss", result.skipped_steps)
     value_by_step = pd.DataFrame(
         list(result.value_variance_by_step.items()), columns=list(VALUE_BY_STEP_COLUMNS)
     )
-    return pipeline.unet, pd.DataFrame(result.history), _reward_table(result.reward_log, train_prompts), value_by_step
+    return (pipeline.unet, pd.DataFrame(result.history), _reward_table(result.reward_log, train_prompts), value_by_step,
+            probes)
 
 
 def _finetune_sft(pipeline, config: FinetuneRunConfig, train_prompts: pd.DataFrame):
@@ -213,7 +247,7 @@ def _finetune_sft(pipeline, config: FinetuneRunConfig, train_prompts: pd.DataFra
     for row in result.history:
         _log_round_to_mlflow(int(row["round"]), {f"sft_{k}": v for k, v in row.items()})
     return (pipeline.unet, pd.DataFrame(result.history), _reward_table(result.reward_log, train_prompts),
-            pd.DataFrame(columns=list(VALUE_BY_STEP_COLUMNS)))
+            pd.DataFrame(columns=list(VALUE_BY_STEP_COLUMNS)), probe_table([], config.rl.rollout.g_batch))
 
 
 def _reward_table(reward_log: list[list[Any]], train_prompts: pd.DataFrame) -> pd.DataFrame:
@@ -234,3 +268,9 @@ def plot_learning_curves(history: pd.DataFrame, value_by_step: pd.DataFrame) -> 
 def plot_training_rewards(rewards: pd.DataFrame, config: FinetuneRunConfig) -> Image.Image:
     """Training reward against trajectories sampled, smoothed, overall and per category."""
     return training_reward_curves(rewards, trajectories_per_round=config.rl.rollout.g_batch)
+
+
+def plot_probe_curve(probes: pd.DataFrame, rewards: pd.DataFrame, config: FinetuneRunConfig) -> Image.Image:
+    """ShapesEval test accuracy (overall and per category) against reward calls, the training reward beside it."""
+    return probe_curves(probes, rewards, trajectories_per_round=config.rl.rollout.g_batch,
+                        images_per_prompt=config.probe.images_per_prompt)

@@ -3,6 +3,7 @@ from kedro.pipeline import Node, Pipeline
 from dpok.pipelines.finetune.nodes import (
     finetune,
     plot_learning_curves,
+    plot_probe_curve,
     plot_training_rewards,
     validate_finetune_params,
 )
@@ -14,14 +15,14 @@ def create_pipeline(**kwargs) -> Pipeline:
         [
             Node(
                 validate_finetune_params,
-                ["params:finetune", "params:sampler", "finetune_prompts"],
-                ["finetune_config", "finetune_train_prompts"],
+                ["params:finetune", "params:sampler", "finetune_prompts", "shapeseval_prompts"],
+                ["finetune_config", "finetune_train_prompts", "finetune_probe_prompts"],
                 name="validate_finetune_params_node",
             ),
             Node(
                 finetune,
-                ["base_model", "finetune_config", "finetune_train_prompts"],
-                ["lora", "finetune_history", "finetune_rewards", "finetune_value_by_step"],
+                ["base_model", "finetune_config", "finetune_train_prompts", "finetune_probe_prompts"],
+                ["lora", "finetune_history", "finetune_rewards", "finetune_value_by_step", "finetune_probe"],
                 name="finetune_node",
             ),
             Node(
@@ -35,6 +36,12 @@ def create_pipeline(**kwargs) -> Pipeline:
                 ["finetune_rewards", "finetune_config"],
                 "finetune_reward_curves",
                 name="plot_training_rewards_node",
+            ),
+            Node(
+                plot_probe_curve,
+                ["finetune_probe", "finetune_rewards", "finetune_config"],
+                "finetune_probe_curve",
+                name="plot_probe_curve_node",
             ),
         ]
     )

@@ -12,7 +12,8 @@ from tqdm.auto import tqdm
 
 from dpok.evaluation import SamplingConfig, derive_seeds
 from dpok.evaluation.sampling import pipeline_sampler, score_functions
-from dpok.prompts.headroom import SelectPromptsConfig, select_headroom_prompts, solve_rates
+from dpok.prompts.headroom import SelectPromptsConfig, select_headroom_prompts, select_pool_prompts, solve_rates
+from dpok.prompts.shapeseval import SPLIT_FILE, check_split_table
 from dpok.world.grammar import CATEGORIES, enumerate_prompts, parse_prompt
 
 logger = logging.getLogger(__name__)
@@ -60,3 +61,13 @@ def select_prompts(scores: pd.DataFrame, params: dict[str, Any]) -> tuple[pd.Dat
         logger.warning("fewer than 8 train or held-out prompts: %s / %s",
                        summary["train"]["prompts"], summary["heldout"]["prompts"])
     return table, rates, summary
+
+
+def select_training_pool(rates: pd.DataFrame, shapeseval: pd.DataFrame, params: dict[str, Any]) -> pd.DataFrame:
+    """The default run's prompt file: ShapesEval's training pool, cut to the prompts the base model solves
+    sometimes (``select_prompts.pool``); never a test prompt."""
+    rule = SelectPromptsConfig.from_dict(params).pool
+    table = select_pool_prompts(rates, check_split_table(shapeseval, f"{SPLIT_FILE} (catalog entry shapeseval_prompts)"), rule)
+    logger.info("ShapesEval training pool with solve rate in [%g, %g]: %s", rule.min_solve_rate, rule.max_solve_rate,
+                table.groupby(["split", "category"]).size().to_dict())
+    return table
