@@ -4,13 +4,15 @@
 
 Prints the row of the committed `dvc repro` run (``metrics.json``: paired differences of the judge on the
 train and held-out splits, quality on train) and the ShapesEval line (``shapeseval.json``: test-set
-accuracy and mean judge, base → fine-tuned, with the paired 95 % CI). ``tests/test_readme.py`` fails when
+accuracy and mean judge, base → fine-tuned, with the paired 95 % CI) and the probe's line (``finetune_probe.csv``:
+test accuracy during training). ``tests/test_readme.py`` fails when
 README.md does not contain these lines exactly, so a new run's numbers reach README by pasting this output.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 from pathlib import Path
 
@@ -26,7 +28,7 @@ def committed_run_row(metrics: dict) -> str:
     train, heldout = metrics["per_split"]["train"], metrics["per_split"]["heldout"]
     quality = train["shapes_quality"]
     return (
-        f"| `dvc repro`, seed 0, 2 threads (the committed `metrics.json`) | **{_ci(train['shapes_judge']['difference'])}** "
+        f"| `dvc repro`, seed 0, 1 thread (the committed `metrics.json`) | **{_ci(train['shapes_judge']['difference'])}** "
         f"| {_ci(heldout['shapes_judge']['difference'])} | {quality['base']['mean']:.3f} → {quality['finetuned']['mean']:.3f} |"
     )
 
@@ -45,10 +47,24 @@ def shapeseval_line(shapeseval: dict) -> str:
     )
 
 
+def probe_line(probe: list[dict[str, str]]) -> str:
+    """One sentence: the probe's test accuracy before training, at its best and after the last round."""
+    first, last = probe[0], probe[-1]
+    best = max(probe, key=lambda row: float(row["accuracy"]))
+    return (
+        f"Probe during training ({float(first['images']):.0f} test images, `finetune_probe.csv`): accuracy "
+        f"{float(first['accuracy']):.3f} at 0 reward calls, {float(best['accuracy']):.3f} at its best "
+        f"({int(float(best['reward_calls']))} calls), {float(last['accuracy']):.3f} after the last round "
+        f"({int(float(last['reward_calls']))} calls)."
+    )
+
+
 def lines(reporting: Path) -> list[str]:
     metrics = json.loads((reporting / "metrics.json").read_text())
     shapeseval = json.loads((reporting / "shapeseval.json").read_text())
-    return [committed_run_row(metrics), shapeseval_line(shapeseval)]
+    with (reporting / "finetune_probe.csv").open() as handle:
+        probe = list(csv.DictReader(handle))
+    return [committed_run_row(metrics), shapeseval_line(shapeseval), probe_line(probe)]
 
 
 def main(argv: list[str] | None = None) -> None:
