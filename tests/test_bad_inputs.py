@@ -77,7 +77,7 @@ PARAMETERS = [
     ("wrong type (YAML 2e-3 is text)", lambda p: p["rl"]["policy"].update(learning_rate="2e-3"), ValueError,
      ["finetune.rl.policy.learning_rate must be a number > 0, got '2e-3'", "write 1.0e-3"]),
     ("group size not dividing g_batch", lambda p: p["rl"]["rollout"].update(trajectories_per_prompt=3), ValueError,
-     ["finetune.rl.rollout.trajectories_per_prompt must be a divisor of finetune.rl.rollout.g_batch (16)"]),
+     ["finetune.rl.rollout.trajectories_per_prompt must be a divisor of finetune.rl.rollout.g_batch (32)"]),
     ("unknown reward name", lambda p: p.update(reward={"image_reward": 1.0}), Exception,
      ["unknown reward 'image_reward'", "available rewards"]),
     ("options for a reward without a weight", lambda p: p.update(reward_kwargs={"aesthetic": {}}), ValueError,
@@ -128,7 +128,7 @@ def test_a_damaged_checkpoint_names_the_folder_and_what_to_do(tiny_pipeline, tmp
 
 
 def _config(rounds: int) -> FinetuneConfig:
-    return finetune_config({"runtime.num_rounds": rounds, "rollout.g_batch": 4, "sampler.num_inference_steps": 3, "policy.p_batch": 4, "policy.accum": 1, "policy.p_step": 1, "policy.buffer_size": 32, "value.batch_size": 8, "value.steps": 1, "runtime.kl_report_trajectories": 0, "runtime.checkpoint_every": 1, "value.features": "latent"})
+    return finetune_config({"runtime.num_rounds": rounds, "rollout.g_batch": 4, "rollout.trajectories_per_prompt": 4, "sampler.num_inference_steps": 3, "policy.p_batch": 4, "policy.accum": 1, "policy.p_step": 1, "policy.buffer_size": 32, "value.batch_size": 8, "value.steps": 1, "runtime.kl_report_trajectories": 0, "runtime.checkpoint_every": 1, "value.features": "latent"})
 
 
 def _train(pipeline, tmp_path: Path, rounds: int, reward=None):

@@ -12,7 +12,8 @@ mkdir -p "$OUT" "$WORK"
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 KEDRO_DISABLE_TELEMETRY=1 DO_NOT_TRACK=1 MLFLOW_TRACKING_URI=file://$WORK/mlruns
 V4="finetune.rl.rollout.g_batch=32,finetune.rl.rollout.trajectories_per_prompt=8,finetune.rl.rollout.share_initial_noise=false,finetune.rl.policy.p_step=1,finetune.rl.policy.accum=20,finetune.rl.runtime.num_rounds=60"
 declare -A ARMS=(
-  [default]=""                                                   # conf/base's update: 54 rounds x 4 prompts x 4
+  # The fifth session's conf/base update (54 rounds x 4 prompts x 4), spelt out since conf/base changed.
+  [default]="finetune.rl.rollout.g_batch=16,finetune.rl.rollout.trajectories_per_prompt=4,finetune.rl.runtime.num_rounds=54"
   [groups8]="finetune.rl.rollout.g_batch=32,finetune.rl.rollout.trajectories_per_prompt=8,finetune.rl.runtime.num_rounds=27"
   # "Few, large, many-prompt updates" (SUCCESSORS.md, V4): 4 prompts x 8 trajectories from independent x_T, one
   # Adam step per round over all 640 transitions, 60 rounds = 1,920 reward calls.

@@ -35,7 +35,7 @@ def tiny_settings(params: dict, tmp_path: Path) -> dict:
     params = copy.deepcopy(params)
     params["checkpoint_dir"] = str(tmp_path / "checkpoints")
     params["rl"] = with_overrides(params["rl"], {
-        "runtime.num_rounds": 2, "rollout.g_batch": 4, "policy.p_batch": 4, "policy.accum": 1, "policy.p_step": 1,
+        "runtime.num_rounds": 2, "rollout.g_batch": 4, "rollout.trajectories_per_prompt": 4, "policy.p_batch": 4, "policy.accum": 1, "policy.p_step": 1,
         "value.batch_size": 8, "value.steps": 1, "policy.buffer_size": 64, "runtime.kl_report_trajectories": 1,
         "runtime.checkpoint_every": 1,
     }, "finetune.rl")
@@ -316,6 +316,7 @@ def test_kedro_run_with_method_sft_from_the_command_line(tmp_path):
 
     project = copy_project(tmp_path, data=("data/01_raw", "data/06_models/shapes_base"))
     params = ("finetune.method=sft,finetune.rl.runtime.num_rounds=1,finetune.rl.rollout.g_batch=4,"
+              "finetune.rl.rollout.trajectories_per_prompt=4,"
               "sampler.num_inference_steps=4,finetune.rl.runtime.kl_report_trajectories=1,finetune.sft.steps=2,"
               "finetune.sft.batch_size=4")
     result = subprocess.run([str(BIN / "kedro"), "run", "--pipelines", "finetune", "--params", params], cwd=project,

@@ -88,7 +88,7 @@ def test_fixed_call_shape_pads_and_gives_each_row_its_own_prediction(make_pipeli
         shapes.clear()
         padded = guided_noise_prediction(unet, latents, timesteps, cond, uncond, 3.0, call_rows=3)
     assert shapes == [6, 6, 6]  # 3 + 3 + (1 padded to 3) latents, each with its CFG twin
-    torch.testing.assert_close(padded, whole, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(padded, whole, rtol=1e-4, atol=1e-5)  # other call shapes, other float sums
     assert not torch.equal(padded[3], padded[4])  # rows not mixed up
 
 
