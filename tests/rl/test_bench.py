@@ -30,9 +30,9 @@ def test_fast_path_against_fp32_eager_on_a_tiny_pipeline(make_pipeline, prompts,
     config = small_config({"rollout.g_batch": 4, "policy.p_step": 1, "policy.accum": 1, "policy.p_batch": 8})
     pipeline = make_pipeline()
     result = bench_fast_path(pipeline, prompts, reward_fn, config, rounds=2, gemm_size=256)
-    has_amx = cpu_matmul_dtypes().get("bfloat16") == "AMX"  # where auto chooses bf16
-    assert result["precision"]["name"] == ("bf16" if has_amx else "fp32") and result["precision"]["compile"] is False
-    if has_amx:
+    has_bf16 = "bfloat16" in cpu_matmul_dtypes()  # where auto chooses bf16 (AMX or AVX512-BF16)
+    assert result["precision"]["name"] == ("bf16" if has_bf16 else "fp32") and result["precision"]["compile"] is False
+    if has_bf16:
         baseline = result["round_fp32_eager"]["round_seconds"]
         assert result["speedup_over_fp32_eager"] == pytest.approx(baseline / result["round"]["round_seconds"])
     else:
