@@ -64,10 +64,6 @@ class ProbeConfig(Settings):
     def enabled(self) -> bool:
         return self.every_rounds > 0
 
-    def due(self, round_number: int, num_rounds: int) -> bool:
-        """Whether the probe runs after ``round_number`` (0: before training)."""
-        return self.enabled and (round_number % self.every_rounds == 0 or round_number == num_rounds)
-
 
 def accuracy_summary(plan: pd.DataFrame, scores: np.ndarray, threshold: float) -> dict[str, float]:
     """``accuracy`` (category mean), ``accuracy_<category>``, ``score_mean`` (category mean) and ``images``."""
