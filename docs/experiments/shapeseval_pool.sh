@@ -11,6 +11,7 @@ WORK=${WORK:-/tmp/shapeseval_pool}
 mkdir -p "$OUT" "$WORK"
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 KEDRO_DISABLE_TELEMETRY=1 DO_NOT_TRACK=1 MLFLOW_TRACKING_URI=file://$WORK/mlruns
 V4="finetune.rl.rollout.g_batch=32,finetune.rl.rollout.trajectories_per_prompt=8,finetune.rl.rollout.share_initial_noise=false,finetune.rl.policy.p_step=1,finetune.rl.policy.accum=20,finetune.rl.runtime.num_rounds=60"
+G8SEL="finetune.rl.rollout.g_batch=32,finetune.rl.rollout.trajectories_per_prompt=8,finetune.rl.runtime.num_rounds=60,prompts.path=data/01_raw/prompts/shapeseval_pool_selected.csv"
 declare -A ARMS=(
   # The fifth session's conf/base update (54 rounds x 4 prompts x 4), spelt out since conf/base changed.
   [default]="finetune.rl.rollout.g_batch=16,finetune.rl.rollout.trajectories_per_prompt=4,finetune.rl.runtime.num_rounds=54"
@@ -24,6 +25,10 @@ declare -A ARMS=(
   # 1,920 reward calls, on the rule-chosen pool.
   [g8sel]="finetune.rl.rollout.g_batch=32,finetune.rl.rollout.trajectories_per_prompt=8,finetune.rl.runtime.num_rounds=60,prompts.path=data/01_raw/prompts/shapeseval_pool_selected.csv"
   # The same with a 3x larger step (one Adam step a round: 60 steps in all).
+  # DiffusionNFT's forward-process objective (policy.objective: nft, dpok.rl.nft) in place of the clipped ratio,
+  # on g8sel's rounds: the same prompts, groups, steps and learning rate; the group mean is the only baseline.
+  [nft]="$G8SEL,finetune.rl.policy.objective=nft,finetune.rl.value.enabled=false"
+  [nft_lr3]="$G8SEL,finetune.rl.policy.objective=nft,finetune.rl.value.enabled=false,finetune.rl.policy.learning_rate=0.003"
   [v4sel_lr3]="$V4,prompts.path=data/01_raw/prompts/shapeseval_pool_selected.csv,finetune.rl.policy.learning_rate=0.003"
 )
 # One thread by default: a second torch process on the same cores then slows neither by spin-waiting.

@@ -103,6 +103,21 @@ def value_variance_ratio(targets: torch.Tensor, baselines: torch.Tensor, step_in
     return float(np.mean(list(ratios.values()))) if ratios else float("nan")
 
 
+def standardised_advantages(
+    context: RoundContext, run: RunState, trajectory: Trajectory, rewards: np.ndarray, groups: list[int]
+) -> tuple[np.ndarray, np.ndarray, dict[str, float]]:
+    """α·r̃ per trajectory (the group or prompt mean as the only baseline), which trajectories carry a
+    comparison, and the round's baseline metrics: the advantages of ``policy.objective: nft``
+    (``dpok.rl.nft``), which trains on images, not transitions, and uses no V_φ."""
+    config = context.config
+    means, scales, keep = _reward_statistics(run, config, trajectory.prompts, rewards, groups)
+    advantage = config.advantage.reward_weight * (rewards - means) / scales
+    raw = torch.as_tensor(rewards[keep], dtype=torch.float64)
+    ratio = value_variance_ratio(raw, torch.as_tensor(means[keep]), torch.zeros(int(keep.sum()), dtype=torch.long))
+    return advantage, keep, {"value_variance_ratio": float("nan"), "baseline_variance_ratio": ratio,
+                             "uniform_groups": len({g for g, k in zip(groups, keep) if not k})}
+
+
 def push_transitions(
     context: RoundContext, run: RunState, round_number: int, trajectory: Trajectory, rewards: np.ndarray,
     groups: list[int],
@@ -199,6 +214,6 @@ def final_value_variance(run: RunState) -> dict[int, float]:
 
 
 __all__ = [
-    "final_value_variance", "push_transitions", "value_feature_size", "value_predictions",
+    "final_value_variance", "push_transitions", "standardised_advantages", "value_feature_size", "value_predictions",
     "value_steps", "value_variance_ratio", "variance_ratio_by_step",
 ]

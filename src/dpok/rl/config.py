@@ -30,6 +30,7 @@ from dpok.rl.losses import CLIP_MODES, NORMALISATION_SCALES, REWARD_NORMALISATIO
 KEY_PATH = "finetune.rl"  # where these settings live in the parameters, for error messages
 PRECISIONS = ("fp32", "bf16", "fp16", "auto")
 STEP_WEIGHTINGS = ("none", "equalise")
+POLICY_OBJECTIVES = ("clipped_ratio", "nft")
 VALUE_FEATURES = ("latent", "tweedie", "tweedie_reward")
 
 RESUMABLE_GROUP = "runtime"
@@ -175,6 +176,13 @@ class PolicyConfig(Settings):
     """The policy steps: buffer, micro-batches, the clipped surrogate and its optimiser (``finetune.rl.policy``).
 
     Attributes:
+        objective: What a policy step minimises: ``"clipped_ratio"`` (DPOK: the clipped importance-weighted
+            surrogate on the sampler's transitions, with the buffer and V_φ) or ``"nft"`` (DiffusionNFT's
+            negative-aware loss on the round's images noised again by the forward process, ``dpok.rl.nft``:
+            no log-probabilities, no buffer, every step the same weight; needs ``value.enabled: false``).
+        nft_strength: λ of ``nft``: each image moves the guided prediction at most 1/λ of the way towards
+            (or away from) denoising to it.
+        nft_advantage_clip: c of ``nft``: an image's optimality is ½ + ½·clip(A / c, −1, 1).
         learning_rate: AdamW learning rate of the LoRA weights.
         adam_weight_decay: AdamW weight decay of the LoRA weights.
         max_grad_norm: Gradient-norm clip of each policy step.
@@ -195,6 +203,9 @@ class PolicyConfig(Settings):
 
     KEY_PATH: ClassVar[str] = f"{KEY_PATH}.policy"
 
+    objective: str
+    nft_strength: float
+    nft_advantage_clip: float
     learning_rate: float
     adam_weight_decay: float
     max_grad_norm: float
@@ -208,6 +219,9 @@ class PolicyConfig(Settings):
     p_step: int
 
     def __post_init__(self) -> None:
+        self.choice("objective", POLICY_OBJECTIVES)
+        self.number("nft_strength", gt=0)
+        self.number("nft_advantage_clip", gt=0)
         self.number("learning_rate", gt=0)
         self.number("adam_weight_decay", ge=0)
         self.number("max_grad_norm", gt=0)
@@ -349,6 +363,14 @@ class FinetuneConfig(Settings):
                 f"{fail_key} must be >= 2 with {AdvantageConfig.KEY_PATH}.normalisation: group (a group of one "
                 f"has nothing to compare), got {self.rollout.trajectories_per_prompt!r}"
             )
+        if self.policy.objective == "nft":
+            key = f"{PolicyConfig.KEY_PATH}.objective"
+            if self.value.enabled:
+                raise ValueError(f"{key}: nft uses the group mean as its baseline, not V_φ: set "
+                                 f"{ValueConfig.KEY_PATH}.enabled: false (or objective: clipped_ratio)")
+            if self.advantage.normalisation == "none":
+                raise ValueError(f"{key}: nft needs centred advantages (an image better or worse than its "
+                                 f"prompt's others): set {AdvantageConfig.KEY_PATH}.normalisation to group or per_prompt")
         if self.value.batch_size > self.policy.buffer_size:
             raise ValueError(
                 f"{ValueConfig.KEY_PATH}.batch_size must be <= {PolicyConfig.KEY_PATH}.buffer_size "

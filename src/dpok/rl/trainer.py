@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 
 from dpok.models.lora import lora_state_dict
 from dpok.rewards.registry import reward_term_metrics
-from dpok.rl.baseline import final_value_variance, push_transitions, value_steps
+from dpok.rl.baseline import final_value_variance, push_transitions, standardised_advantages, value_steps
 from dpok.rl.checkpoint import (
     capture_rng_state,
     clean_partial_checkpoints,
@@ -42,6 +42,7 @@ from dpok.rl.checkpoint import (
 from dpok.rl.config import FinetuneConfig
 from dpok.rl.context import RewardFn, RoundContext, check_inputs, prepare_pipeline
 from dpok.rl.distributed import Ranks
+from dpok.rl.nft import nft_update
 from dpok.rl.rollout import rollout, score_shared
 from dpok.rl.state import RunState, check_resumable
 from dpok.rl.update import kl_report, mean_or_nan, policy_steps, step_weights
@@ -149,13 +150,22 @@ def _train_round(context: RoundContext, run: RunState, round_number: int) -> dic
     run.reward_log.extend([round_number, prompt, float(r)] for prompt, r in zip(round_prompts, rewards))
     with clock("kl_report"):
         kl_bound = kl_report(context, trajectory)
-    with clock("buffer"):  # 3. standardised rewards and the trained steps' transitions, with baselines
-        baseline_metrics = push_transitions(context, run, round_number, trajectory, rewards, groups)
-        del trajectory
-    with clock("value"):  # 4. value steps
-        value_losses = value_steps(context, run, round_number)
-    with clock("policy"):  # 5. policy steps
-        policy = policy_steps(context, run, round_number)
+    if context.config.policy.objective == "nft":  # 3–5 on the round's images, no buffer, no V_φ (dpok.rl.nft)
+        with clock("buffer"):
+            advantage, keep, baseline_metrics = standardised_advantages(context, run, trajectory, rewards, groups)
+        with clock("value"):
+            value_losses = []
+        with clock("policy"):
+            policy = nft_update(context, run, round_number, trajectory, advantage, keep)
+            del trajectory
+    else:
+        with clock("buffer"):  # 3. standardised rewards and the trained steps' transitions, with baselines
+            baseline_metrics = push_transitions(context, run, round_number, trajectory, rewards, groups)
+            del trajectory
+        with clock("value"):  # 4. value steps
+            value_losses = value_steps(context, run, round_number)
+        with clock("policy"):  # 5. policy steps
+            policy = policy_steps(context, run, round_number)
     return {
         "round": round_number,
         "reward_mean": float(rewards.mean()),
