@@ -1,13 +1,21 @@
 """Collect the paper-claims experiments (scripts/paper_claims.sh) into the table, figures and verdicts.
 
     python scripts/paper_claims.py [--out-json data/08_reporting/paper_claims.json] [--docs docs/results.md]
+    python scripts/paper_claims.py --arm-overrides ARM          # the arm's `dvc exp run -S` overrides
+    python scripts/paper_claims.py --single-prompt-path CATEGORY
+    python scripts/paper_claims.py --write-single-prompts       # data/01_raw/prompts/claims_<category>.csv
 
-Reads every DVC experiment named ``claims-<arm>-s<seed>`` (any baseline commit) straight from its Git ref
-and the DVC cache: the evaluation's per-image scores of the base and the fine-tuned model (same prompts
-and noise), the finetune history (KL bound, training rewards) and the run's parameters. Whatever has
-finished is used; arms not run yet are listed as such. Writes the JSON (every number, per run and per
-arm, and the verdicts), docs/results.md, and two committed figures under docs/results/: the training
-reward curves (the paper's Figure 7) and a grid of the same seeds for base and each arm.
+Two protocols, as in the paper: claims 1–2 on single-prompt runs, ``claims-<arm>-<category>-s<seed>``, one
+prompt per category (color, count, composition, location; ``--write-single-prompts`` picks it), and claim 3
+on multi-prompt runs, ``claims-<arm>-s<seed>``. Reads every such DVC experiment (any baseline commit)
+straight from its Git ref and the DVC cache: the evaluation's per-image scores of the base and the
+fine-tuned model (same prompts and noise), the finetune history (KL bound, training rewards) and the run's
+parameters, which must be the ones its name promises (the arm's overrides in scripts/claims_arms.yml, its
+seed, its prompt file): a mismatch is an error naming the experiment, the key, expected and found, before
+anything is written. Whatever has finished is used; runs not there yet are listed as such. Writes the JSON
+(every number, per run and per arm, and the verdicts), docs/results.md, and committed figures under
+docs/results/: the training reward curves (the paper's Figure 7) and a grid of the same seeds for base and
+each arm.
 """
 
 from __future__ import annotations
@@ -15,10 +23,12 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import math
 import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -27,26 +37,185 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from dpok.evaluation.claims import ARM_LABELS, ARMS, arm_table, claims, results_markdown, training_curves  # noqa: E402
+from dpok.evaluation.claims import (  # noqa: E402
+    ARMS,
+    arm_label,
+    arm_table,
+    claims,
+    results_markdown,
+    training_curves,
+)
 
-NAME = re.compile(r"^claims-(?P<arm>[a-z_]+)-s(?P<seed>\d+)$")
+ARMS_FILE = ROOT / "scripts" / "claims_arms.yml"
+NAME = re.compile(r"^claims-(?P<arm>[^-]+)(?:-(?P<category>[^-]+))?-s(?P<seed>\d+)$")
+CATEGORIES = ("color", "count", "composition", "location")
+CLAIM_ARMS = ("sft", "rl", "rl_kl", "rl_kl_v")  # the arms the three claims compare (the others are extra)
+PROMPTS_DIR = "data/01_raw/prompts"
+HEADROOM = "data/08_reporting/headroom_candidates.csv"
+SHAPESEVAL = "data/01_raw/prompts/shapeseval.csv"
+# The single prompt's base solve rate closest to this: room to improve, and to get worse (over-optimisation).
+TARGET_SOLVE_RATE = 0.35
 SAMPLES = "data/07_model_output"
 KL_REPORTS = 5  # the KL bound of a run: mean of its last five reports
+_ABSENT = "<absent>"
 
 
-def experiments() -> list[dict]:
-    """Every claims experiment's ref, arm and seed (the newest ref when a name exists twice)."""
+# --- the arms: one table (scripts/claims_arms.yml) for the shell script and this collector ---------------
+
+def load_arm_registry(path: Path = ARMS_FILE) -> dict:
+    return yaml.safe_load(path.read_text())
+
+
+def _beta(arm: str, registry: dict) -> float | None:
+    """β of a β-sweep arm's name (``rl_kl_b0.1`` → 0.1); None for any other name."""
+    match = re.fullmatch(re.escape(registry["beta_sweep"]["prefix"]) + r"(\d+(?:\.\d+)?)", arm)
+    return float(match[1]) if match else None
+
+
+def arm_overrides(arm: str, registry: dict) -> dict[str, Any]:
+    """The parameters the arm sets, by dotted key; ValueError for an arm that is not in the registry."""
+    if arm in registry["arms"]:
+        return dict(registry["arms"][arm] or {})
+    if (beta := _beta(arm, registry)) is not None:
+        sweep = registry["beta_sweep"]
+        return {sweep["key"]: beta, **(sweep.get("overrides") or {})}
+    known = ", ".join(registry["arms"])
+    raise ValueError(f"unknown arm '{arm}' (known: {known}, or {registry['beta_sweep']['prefix']}<β>, "
+                     f"e.g. {registry['beta_sweep']['prefix']}0.1)")
+
+
+def _format_value(value: Any) -> str:
+    """A value as `dvc exp run -S key=value` reads it back typed (YAML booleans, floats without exponents:
+    PyYAML reads 1e-05 back as a string)."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float):
+        return repr(value) if "e" not in repr(value) else np.format_float_positional(value, trim="-")
+    return str(value)
+
+
+def override_text(overrides: dict[str, Any]) -> str:
+    """``key=value`` pairs separated by spaces, for the shell script's ``-S`` arguments."""
+    return " ".join(f"{key}={_format_value(value)}" for key, value in overrides.items())
+
+
+# --- the single prompts ------------------------------------------------------------------------------------
+
+def single_prompt_path(category: str) -> str:
+    """The prompt file of a category's single-prompt runs; ValueError for an unknown category."""
+    if category not in CATEGORIES:
+        raise ValueError(f"unknown category '{category}' ({', '.join(CATEGORIES)})")
+    return f"{PROMPTS_DIR}/claims_{category}.csv"
+
+
+def pick_single_prompts(headroom: pd.DataFrame, shapeseval: pd.DataFrame,
+                        target: float = TARGET_SOLVE_RATE) -> pd.DataFrame:
+    """Per category, the prompt that is not a ShapesEval test prompt whose base solve rate is closest to
+    ``target`` (ties: the first prompt text in sorted order). One row per category: prompt, category,
+    solve_rate."""
+    test = set(shapeseval.loc[shapeseval["split"] == "test", "prompt"].str.strip())
+    pool = headroom[~headroom["prompt"].str.strip().isin(test)].copy()
+    # Rounded: |0.30 − 0.35| and |0.40 − 0.35| differ in the last float digit but are the same distance.
+    pool["distance"] = (pool["solve_rate"] - target).abs().round(9)
+    rows = []
+    for category in CATEGORIES:
+        candidates = pool[pool["category"] == category].sort_values(["distance", "prompt"])
+        if candidates.empty:
+            raise ValueError(f"no prompt of category '{category}' outside ShapesEval's test split in the headroom "
+                             "table")
+        rows.append(candidates.iloc[0][["prompt", "category", "solve_rate"]])
+    return pd.DataFrame(rows).reset_index(drop=True)
+
+
+def single_prompt_csv(prompt: str, category: str) -> str:
+    """A one-prompt file in the format of data/01_raw/prompts/shapes_single.csv (prompt, category)."""
+    return pd.DataFrame({"prompt": [prompt], "category": [category]}).to_csv(index=False)
+
+
+def write_single_prompts(picked: pd.DataFrame, root: Path = ROOT) -> list[Path]:
+    """Write each category's prompt file. An existing file with another prompt is an error, not overwritten:
+    experiments already named after the category ran on it."""
+    texts = {root / single_prompt_path(row.category): single_prompt_csv(row.prompt, row.category)
+             for row in picked.itertuples()}
+    changed = [path for path, text in texts.items() if path.exists() and path.read_text() != text]
+    if changed:
+        raise ValueError("single-prompt files exist with another prompt (not overwritten; remove them to "
+                         f"re-pick, and the experiments that ran on them): {', '.join(map(str, changed))}")
+    for path, text in texts.items():
+        path.write_text(text)
+    return list(texts)
+
+
+# --- the experiments ---------------------------------------------------------------------------------------
+
+def parse_experiment_name(name: str, registry: dict) -> dict | None:
+    """Arm, category (single-prompt runs) and seed of a claims experiment's name; None for another name,
+    ValueError for a claims name with an unknown arm or category."""
+    match = NAME.match(name)
+    if match is None:
+        return None
+    arm_overrides(match["arm"], registry)  # raises for an unknown arm
+    category = match["category"]
+    if category is not None:
+        single_prompt_path(category)  # raises for an unknown category
+    return {"name": name, "arm": match["arm"], "category": category, "seed": int(match["seed"]),
+            "protocol": "multi" if category is None else "single"}
+
+
+def expected_params(experiment: dict, registry: dict) -> dict[str, Any]:
+    """What the experiment's name promises its recorded parameters hold."""
+    expected = {"finetune.rl.seed": experiment["seed"], **arm_overrides(experiment["arm"], registry)}
+    if experiment["category"] is not None:
+        expected["prompts.path"] = single_prompt_path(experiment["category"])
+    return expected
+
+
+def _lookup(params: dict, key: str) -> Any:
+    value = params
+    for part in key.split("."):
+        if not isinstance(value, dict) or part not in value:
+            return _ABSENT
+        value = value[part]
+    return value
+
+
+def _same(found: Any, expected: Any) -> bool:
+    if isinstance(expected, bool) or isinstance(found, bool):
+        return found is expected
+    if isinstance(expected, int | float) and isinstance(found, int | float):
+        return math.isclose(found, expected, rel_tol=1e-9, abs_tol=1e-12)
+    return found == expected
+
+
+def check_params(experiment: dict, params: dict, registry: dict) -> None:
+    """ValueError naming the experiment, the key, expected and found when the recorded parameters (``finetune``
+    and ``prompts`` blocks) are not the ones its name promises; a multi-prompt run must not be on a
+    single-prompt file."""
+    for key, expected in expected_params(experiment, registry).items():
+        if not _same(found := _lookup(params, key), expected):
+            raise ValueError(f"{experiment['name']}: {key} expected {expected!r} (arm {experiment['arm']}, seed "
+                             f"{experiment['seed']}), found {found!r}")
+    path = _lookup(params, "prompts.path")
+    if experiment["category"] is None and isinstance(path, str) and path.startswith(f"{PROMPTS_DIR}/claims_"):
+        raise ValueError(f"{experiment['name']}: prompts.path expected the multi-prompt set (not a single-prompt "
+                         f"file), found {path!r}")
+
+
+def _arm_rank(arm: str) -> tuple[int, str]:
+    return (ARMS.index(arm) if arm in ARMS else len(ARMS), arm)
+
+
+def experiments(registry: dict) -> list[dict]:
+    """Every claims experiment's ref, arm, category and seed (the newest ref when a name exists twice)."""
     refs = subprocess.run(
         ["git", "for-each-ref", "--sort=creatordate", "--format=%(refname)", "refs/exps"],
         cwd=ROOT, check=True, capture_output=True, text=True,
     ).stdout.split()
     found = {}
     for ref in refs:
-        match = NAME.match(ref.rsplit("/", 1)[-1])
-        if match and match["arm"] in ARMS:
-            found[ref.rsplit("/", 1)[-1]] = {"name": ref.rsplit("/", 1)[-1], "ref": ref, "arm": match["arm"],
-                                             "seed": int(match["seed"])}
-    return sorted(found.values(), key=lambda e: (ARMS.index(e["arm"]), e["seed"]))
+        if (experiment := parse_experiment_name(ref.rsplit("/", 1)[-1], registry)) is not None:
+            found[experiment["name"]] = {**experiment, "ref": ref}
+    return sorted(found.values(), key=lambda e: (e["protocol"], _arm_rank(e["arm"]), e["category"] or "", e["seed"]))
 
 
 def _git_file(ref: str, path: str) -> str:
@@ -61,27 +230,56 @@ def _dvc_bytes(ref: str, path: str) -> bytes:
         return handle.read()
 
 
-def load_run(experiment: dict) -> dict:
+def recorded_params(experiment: dict) -> dict:
+    """The ``finetune`` and ``prompts`` parameter blocks the experiment ran with."""
+    ref = experiment["ref"]
+    return {**yaml.safe_load(_git_file(ref, "conf/base/parameters_finetune.yml")),
+            **yaml.safe_load(_git_file(ref, "conf/base/parameters_prompts.yml"))}
+
+
+def _rl_setting(rl: dict, block: str, key: str) -> Any:
+    """An RL setting from its block (``rl.runtime.num_rounds``), or from ``rl`` itself in older parameter
+    files."""
+    return (rl.get(block) or {}).get(key, rl.get(key))
+
+
+def reward_calls(params: dict) -> int:
+    """The run's sample budget: rounds × trajectories a round (SFT samples the same number from the base)."""
+    rl = params["finetune"]["rl"]
+    return int(_rl_setting(rl, "runtime", "num_rounds") * _rl_setting(rl, "rollout", "g_batch"))
+
+
+def load_run(experiment: dict, params: dict) -> dict:
     ref = experiment["ref"]
     base = pd.read_parquet(io.BytesIO(_dvc_bytes(ref, f"{SAMPLES}/pretrained_manifest.parquet")))
     tuned = pd.read_parquet(io.BytesIO(_dvc_bytes(ref, f"{SAMPLES}/finetuned_manifest.parquet")))
     history = pd.read_csv(io.StringIO(_git_file(ref, "data/08_reporting/finetune_history.csv")))
-    params = yaml.safe_load(_git_file(ref, "conf/base/parameters_finetune.yml"))["finetune"]
     commit = subprocess.run(["git", "rev-parse", f"{ref}^"], cwd=ROOT, check=True, capture_output=True,
                             text=True).stdout.strip()
-    return {**experiment, "base": base, "tuned": tuned, "history": history, "params": params, "baseline": commit}
+    return {**experiment, "base": base, "tuned": tuned, "history": history, "params": params["finetune"],
+            "prompts_path": params["prompts"]["path"], "reward_calls": reward_calls(params), "baseline": commit}
+
+
+def _run_columns(run: dict) -> dict:
+    """The columns that say which run a row comes from."""
+    return {"arm": run["arm"], "seed": run["seed"], "protocol": run["protocol"], "reward_calls": run["reward_calls"]}
 
 
 def per_prompt_rows(run: dict) -> pd.DataFrame:
     scores = run["base"].merge(run["tuned"], on=["prompt", "seed"], suffixes=("_base", "_tuned"))
     if len(scores) != len(run["tuned"]):
         raise ValueError(f"{run['name']}: the fine-tuned images are not on the base model's prompts and seeds")
+    category = next((c for c in ("category_base", "category") if c in scores.columns), None)
+    if category is None:
+        scores["category"], category = run["category"], "category"
     table = scores.groupby("prompt").agg(
-        split=("split_base", "first"), judge_base=("shapes_judge_base", "mean"),
-        judge_tuned=("shapes_judge_tuned", "mean"), quality_base=("shapes_quality_base", "mean"),
-        quality_tuned=("shapes_quality_tuned", "mean"),
+        split=("split_base", "first"), category=(category, "first"),
+        judge_base=("shapes_judge_base", "mean"), judge_tuned=("shapes_judge_tuned", "mean"),
+        quality_base=("shapes_quality_base", "mean"), quality_tuned=("shapes_quality_tuned", "mean"),
     ).reset_index()
-    return table.assign(arm=run["arm"], seed=run["seed"])
+    if run["category"] is not None:  # the run's category is the one its name and prompt file give
+        table["category"] = run["category"]
+    return table.assign(**_run_columns(run))
 
 
 def kl_bound(run: dict) -> float:
@@ -89,24 +287,29 @@ def kl_bound(run: dict) -> float:
     return float(reports.tail(KL_REPORTS).mean()) if len(reports) else float("nan")
 
 
+def kl_row(run: dict) -> dict:
+    return {**_run_columns(run), "category": run["category"], "kl_bound_nats": kl_bound(run)}
+
+
 def training_rows(run: dict) -> pd.DataFrame:
     history = run["history"]
     if "reward_mean" not in history.columns:  # SFT: no online samples
         return pd.DataFrame()
-    g_batch = run["params"]["rl"]["g_batch"]
-    return pd.DataFrame({"arm": run["arm"], "seed": run["seed"], "round": history["round"],
+    g_batch = _rl_setting(run["params"]["rl"], "rollout", "g_batch")
+    return pd.DataFrame({**_run_columns(run), "category": run["category"], "round": history["round"],
                          "trajectories": history["round"] * g_batch, "reward": history["reward_mean"]})
 
 
 def comparison_grid(runs: list[dict], prompts: int = 6, scale: int = 4):
-    """Rows: training prompts; columns: base and each arm's lowest seed, all at the first evaluation seed."""
+    """Rows: training prompts; columns: base and each arm's lowest seed, all at the first evaluation seed
+    (multi-prompt runs: every arm on the same prompts)."""
     from PIL import Image, ImageDraw
 
     first = {}
     for run in runs:
         if run["arm"] not in first or run["seed"] < first[run["arm"]]["seed"]:
             first[run["arm"]] = run
-    columns = [("base", None)] + [(arm, first[arm]) for arm in ARMS if arm in first]
+    columns = [("base", None)] + [(arm, first[arm]) for arm in sorted(first, key=_arm_rank)]
     reference = next(iter(first.values()))
     manifest = reference["base"]
     train = manifest[manifest["split"] == "train"].groupby("prompt", sort=False).head(1)
@@ -138,11 +341,159 @@ def comparison_grid(runs: list[dict], prompts: int = 6, scale: int = 4):
     return sheet
 
 
+# --- what the runs cover -----------------------------------------------------------------------------------
+
+def single_prompts(runs: list[dict]) -> dict[str, str]:
+    """The one prompt of each category's single-prompt runs; ValueError when runs of a category disagree (the
+    prompt file changed between them)."""
+    found: dict[str, dict[str, str]] = {}
+    for run in runs:
+        if run["category"] is not None:
+            for prompt in sorted(set(run["base"]["prompt"])):
+                found.setdefault(run["category"], {}).setdefault(prompt, run["name"])
+    for category, prompts in found.items():
+        if len(prompts) > 1:
+            raise ValueError(f"single-prompt runs of '{category}' ran on different prompts: "
+                             + "; ".join(f"{name}: {prompt!r}" for prompt, name in prompts.items()))
+    return {category: next(iter(prompts)) for category, prompts in sorted(found.items())}
+
+
+def claim_protocols(runs: list[dict]) -> dict[int, str]:
+    """Per claim, the protocol its verdict rests on, as the reader should see it."""
+    prompts = single_prompts(runs)
+    single = ("single prompt: " + "; ".join(f"{c}: {p}" for c, p in prompts.items()) if prompts
+              else "single prompt: not run yet")
+    paths = sorted({r["prompts_path"] for r in runs if r["category"] is None})
+    multi = "multi-prompt: " + (", ".join(paths) if paths else "not run yet")
+    return {1: single, 2: single, 3: multi}
+
+
+def runs_per_arm(runs: list[dict]) -> dict[str, dict]:
+    """Per arm: its seeds and each run's reward calls."""
+    out: dict[str, dict] = {}
+    for run in sorted(runs, key=lambda r: (_arm_rank(r["arm"]), r["name"])):
+        entry = out.setdefault(run["arm"], {"seeds": [], "sample_budget_per_run": {}})
+        entry["seeds"] = sorted({*entry["seeds"], run["seed"]})
+        entry["sample_budget_per_run"][run["name"]] = run["reward_calls"]
+    return out
+
+
+def missing_experiments(runs: list[dict]) -> list[str]:
+    """The claims' runs not there yet: every claim arm × seed seen (multi-prompt) and × category (single)."""
+    names = {r["name"] for r in runs}
+    seeds = sorted({r["seed"] for r in runs})
+    wanted = [f"claims-{a}-s{s}" for a in CLAIM_ARMS for s in seeds]
+    wanted += [f"claims-{a}-{c}-s{s}" for a in CLAIM_ARMS for c in CATEGORIES for s in seeds]
+    return [name for name in wanted if name not in names]
+
+
+def _concat(frames: list[pd.DataFrame]) -> pd.DataFrame:
+    frames = [f for f in frames if not f.empty]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
 def _interval_dict(row: pd.Series) -> dict:
     out = {}
     for key, value in row.items():
         out[key] = value.as_dict() if hasattr(value, "as_dict") else value
     return out
+
+
+def _of_protocol(table: pd.DataFrame, protocol: str) -> pd.DataFrame:
+    return table[table["protocol"] == protocol] if not table.empty else table
+
+
+# --- the command line --------------------------------------------------------------------------------------
+
+def _tool_commands(args: argparse.Namespace, registry: dict) -> bool:
+    """The small commands the shell script calls; True when one ran."""
+    if args.arm_overrides is not None:
+        print(override_text(arm_overrides(args.arm_overrides, registry)))
+    elif args.single_prompt_path is not None:
+        print(single_prompt_path(args.single_prompt_path))
+    elif args.write_single_prompts:
+        picked = pick_single_prompts(pd.read_csv(ROOT / args.headroom), pd.read_csv(ROOT / args.shapeseval))
+        for path, row in zip(write_single_prompts(picked), picked.itertuples()):
+            print(f"{row.category}: {row.prompt!r} (base solve rate {row.solve_rate:.2f}) → {path.relative_to(ROOT)}")
+    else:
+        return False
+    return True
+
+
+def collect(args: argparse.Namespace, registry: dict) -> None:
+    found = experiments(registry)
+    if not found:
+        raise SystemExit("no experiment named claims-<arm>-s<seed> or claims-<arm>-<category>-s<seed> yet: run "
+                         "scripts/paper_claims.sh first")
+    params = {e["name"]: recorded_params(e) for e in found}
+    for experiment in found:  # every name checked before any output is loaded or written
+        check_params(experiment, params[experiment["name"]], registry)
+    runs = [load_run(e, params[e["name"]]) for e in found]
+    protocols = claim_protocols(runs)
+    per_prompt = _concat([per_prompt_rows(r) for r in runs])
+    kl = pd.DataFrame([kl_row(r) for r in runs])
+    training = _concat([training_rows(r) for r in runs])
+    multi, multi_kl = _of_protocol(per_prompt, "multi"), _of_protocol(kl, "multi")
+    table = arm_table(multi, multi_kl, "train", args.resamples)
+    heldout = arm_table(multi, multi_kl, "heldout", args.resamples)
+    single = arm_table(_of_protocol(per_prompt, "single"), _of_protocol(kl, "single"), "train", args.resamples)
+    verdicts = [{**v, "protocol": protocols[v["claim"]]} for v in claims(per_prompt, kl, training, "train",
+                                                                         args.resamples)]
+
+    figures = ROOT / args.figures
+    figures.mkdir(parents=True, exist_ok=True)
+    multi_runs = [r for r in runs if r["protocol"] == "multi"]
+    rewards = [pd.read_csv(io.StringIO(_git_file(r["ref"], "data/08_reporting/finetune_rewards.csv")))["reward"].mean()
+               for r in multi_runs if r["arm"] == "sft"]
+    base_reward = float(np.mean(rewards)) if rewards else None
+    multi_training = _of_protocol(training, "multi")
+    shown = []
+    if not multi_training.empty:
+        training_curves(multi_training, base_reward).save(figures / "training_reward_curves.png")
+        shown.append(("Training reward against trajectories sampled, per DPOK arm, multi-prompt runs (the paper's "
+                      "Figure 7).", f"{Path(args.figures).name}/training_reward_curves.png"))
+    if multi_runs:
+        comparison_grid(multi_runs).save(figures / "arms_grid.png")
+        shown.append(("The same noise for every model: base, then each arm's first seed, at the first evaluation "
+                      "seed of six training prompts (multi-prompt runs).", f"{Path(args.figures).name}/arms_grid.png"))
+
+    settings = {r["name"]: {"arm": r["arm"], "seed": r["seed"], "protocol": r["protocol"], "category": r["category"],
+                            "prompts_path": r["prompts_path"], "baseline_commit": r["baseline"],
+                            "method": r["params"].get("method", "dpok"), "rl": r["params"]["rl"],
+                            "sft": r["params"].get("sft"), "kl_bound_nats": kl_bound(r),
+                            "sample_budget_per_run": r["reward_calls"]} for r in runs}
+    budget = sorted({r["reward_calls"] for r in runs})
+    result = {
+        "experiments": settings,
+        "runs_per_arm": runs_per_arm(runs),
+        "sample_budget_per_run": budget,
+        "arms": {arm: _interval_dict(row) for arm, row in table.iterrows()},
+        "arms_heldout": {arm: _interval_dict(row) for arm, row in heldout.iterrows()},
+        "arms_single_prompt": {arm: _interval_dict(row) for arm, row in single.iterrows()},
+        "claims": verdicts,
+        "missing": missing_experiments(runs),
+    }
+    out = ROOT / args.out_json
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2, default=float) + "\n")
+    counts = ", ".join(f"{arm_label(a)} × {len(entry['seeds'])} seeds"
+                       for a, entry in runs_per_arm(runs).items())
+    intro = (
+        f"Generated by `python scripts/paper_claims.py` from the DVC experiments of `scripts/paper_claims.sh` "
+        f"({len(runs)} runs: {counts}). As in the paper, claims 1–2 are judged on single-prompt runs (one prompt "
+        "per category, the one whose base solve rate is closest to 0.35 outside ShapesEval's test split; per "
+        "category and pooled) and claim 3 on multi-prompt runs. Sample budget per run: "
+        f"{', '.join(f'{b:,}' for b in budget)} trajectories, i.e. reward calls; every run is evaluated on the "
+        "evaluation's fixed seeds (16 per prompt), base and fine-tuned from the same noise.\n\n"
+        "Repeat: `scripts/paper_claims.sh` runs every arm and seed as a DVC experiment (skipping finished ones; "
+        "`PROTOCOL=single|multi`, `SEEDS`, `CATEGORIES`, `ROUNDS`, `THREADS` set the matrix), or one arm and seed, "
+        "e.g. `SEEDS=0 scripts/paper_claims.sh sft`; then `python scripts/paper_claims.py` rewrites this page. "
+        "`dvc exp show` lists the experiments with their parameters and metrics."
+    )
+    (ROOT / args.docs).write_text(results_markdown(table, verdicts, heldout, intro, tuple(shown), single=single))
+    for v in verdicts:
+        print(f"claim {v['claim']} ({v['protocol']}): {v.get('verdict_text', v['verdict'])} — {v['evidence']}")
+    print(f"wrote {args.out_json}, {args.docs}, {args.figures}/")
 
 
 def main() -> None:
@@ -151,68 +502,21 @@ def main() -> None:
     parser.add_argument("--docs", default="docs/results.md")
     parser.add_argument("--figures", default="docs/results")
     parser.add_argument("--resamples", type=int, default=2000)
+    tools = parser.add_mutually_exclusive_group()
+    tools.add_argument("--arm-overrides", metavar="ARM", help="print the arm's `key=value` overrides and exit")
+    tools.add_argument("--single-prompt-path", metavar="CATEGORY", help="print the category's prompt file and exit")
+    tools.add_argument("--write-single-prompts", action="store_true",
+                       help="pick each category's single prompt and write its file (never changes an existing one)")
+    parser.add_argument("--headroom", default=HEADROOM, help="base solve rates per prompt (prompt, category, "
+                                                             "solve_rate)")
+    parser.add_argument("--shapeseval", default=SHAPESEVAL, help="ShapesEval's prompts with their split")
     args = parser.parse_args()
-
-    found = experiments()
-    if not found:
-        raise SystemExit("no experiment named claims-<arm>-s<seed> yet: run scripts/paper_claims.sh first")
-    runs = [load_run(e) for e in found]
-    per_prompt = pd.concat([per_prompt_rows(r) for r in runs], ignore_index=True)
-    kl = pd.DataFrame([{"arm": r["arm"], "seed": r["seed"], "kl_bound_nats": kl_bound(r)} for r in runs])
-    training = pd.concat([training_rows(r) for r in runs], ignore_index=True)
-    table = arm_table(per_prompt, kl, "train", args.resamples)
-    heldout = arm_table(per_prompt, kl, "heldout", args.resamples)
-    verdicts = claims(per_prompt, kl, training, "train", args.resamples)
-
-    figures = ROOT / args.figures
-    figures.mkdir(parents=True, exist_ok=True)
-    base_reward = None
-    sft_runs = [r for r in runs if r["arm"] == "sft"]
-    rewards = [pd.read_csv(io.StringIO(_git_file(r["ref"], "data/08_reporting/finetune_rewards.csv")))["reward"].mean()
-               for r in sft_runs]
-    if rewards:
-        base_reward = float(np.mean(rewards))
-    shown = []
-    if not training.empty:
-        training_curves(training, base_reward).save(figures / "training_reward_curves.png")
-        shown.append(("Training reward against trajectories sampled, per DPOK arm (the paper's Figure 7).",
-                      f"{Path(args.figures).name}/training_reward_curves.png"))
-    comparison_grid(runs).save(figures / "arms_grid.png")
-    shown.append(("The same noise for every model: base, then each arm's first seed, at the first evaluation "
-                  "seed of six training prompts.", f"{Path(args.figures).name}/arms_grid.png"))
-
-    settings = {r["name"]: {"arm": r["arm"], "seed": r["seed"], "baseline_commit": r["baseline"],
-                            "method": r["params"].get("method", "dpok"), "rl": r["params"]["rl"],
-                            "sft": r["params"].get("sft"), "kl_bound_nats": kl_bound(r)} for r in runs}
-    budget = sorted({r["params"]["rl"]["num_rounds"] * r["params"]["rl"]["g_batch"] for r in runs})
-    result = {
-        "experiments": settings,
-        "sample_budget_per_run": budget,
-        "arms": {arm: _interval_dict(row) for arm, row in table.iterrows()},
-        "arms_heldout": {arm: _interval_dict(row) for arm, row in heldout.iterrows()},
-        "claims": verdicts,
-        "missing": [f"claims-{a}-s{s}" for a in ARMS for s in sorted({r["seed"] for r in runs})
-                    if not any(r["arm"] == a and r["seed"] == s for r in runs)],
-    }
-    out = ROOT / args.out_json
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2, default=float) + "\n")
-    intro = (
-        f"Generated by `python scripts/paper_claims.py` from the DVC experiments of `scripts/paper_claims.sh` "
-        f"({len(runs)} runs: " + ", ".join(f"{ARM_LABELS[a]} × {sum(r['arm'] == a for r in runs)}" for a in ARMS
-                                           if any(r['arm'] == a for r in runs))
-        + f"). Every run has the same sample budget ({', '.join(map(str, budget))} trajectories, i.e. reward calls) "
-        "on the default training prompts and is evaluated on the evaluation's fixed seeds (16 per prompt), base "
-        "and fine-tuned from the same noise. Verdicts are computed from the intervals, not chosen.\n\n"
-        "Repeat: `scripts/paper_claims.sh` runs every arm and seed as a DVC experiment (skipping finished ones; "
-        "`SEEDS`, `ROUNDS`, `THREADS` set the matrix), or one arm and seed, e.g. `scripts/paper_claims.sh sft` "
-        "with `SEEDS=0`; then `python scripts/paper_claims.py` rewrites this page. `dvc exp show` lists the "
-        "experiments with their parameters and metrics."
-    )
-    (ROOT / args.docs).write_text(results_markdown(table, verdicts, heldout, intro, tuple(shown)))
-    for v in verdicts:
-        print(f"claim {v['claim']}: {v['verdict']} — {v['evidence']}")
-    print(f"wrote {args.out_json}, {args.docs}, {args.figures}/")
+    registry = load_arm_registry()
+    try:
+        if not _tool_commands(args, registry):
+            collect(args, registry)
+    except ValueError as error:  # bad input: say what, change nothing
+        raise SystemExit(f"paper_claims.py: {error}") from None
 
 
 if __name__ == "__main__":

@@ -29,6 +29,8 @@ declare -A ARMS=(
   # on g8sel's rounds: the same prompts, groups, steps and learning rate; the group mean is the only baseline.
   [nft]="$G8SEL,finetune.rl.policy.objective=nft,finetune.rl.value.enabled=false"
   [nft_lr3]="$G8SEL,finetune.rl.policy.objective=nft,finetune.rl.value.enabled=false,finetune.rl.policy.learning_rate=0.003"
+  # issue 29: the new default (g8sel) with the diffusion model's passes in bf16 (runtime.precision), at equal reward calls
+  [g8sel_bf16]="$G8SEL,finetune.rl.runtime.precision=bf16"
   [v4sel_lr3]="$V4,prompts.path=data/01_raw/prompts/shapeseval_pool_selected.csv,finetune.rl.policy.learning_rate=0.003"
 )
 # One thread by default: a second torch process on the same cores then slows neither by spin-waiting.

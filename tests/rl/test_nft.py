@@ -1,12 +1,17 @@
 """``policy.objective: nft`` (dpok.rl.nft): the loss against a float64 expansion and its closed-form minimiser,
 the optimality map, config checks, and runs of the trainer with it (learning, resume)."""
 
+import contextlib
+
 import numpy as np
 import pytest
 import torch
 
 from dpok.rl import train_dpok
+from dpok.rl.kl import reference_model
 from dpok.rl.nft import nft_loss, nft_target, optimality_probability
+from dpok.rl.rollout import draw_prompts, sample_round
+from dpok.rl.sampling import guided_noise_prediction
 from helpers import finetune_config
 
 NFT = {"policy.objective": "nft", "value.enabled": False, "advantage.normalisation": "group",
@@ -66,3 +71,41 @@ def test_nft_resumes_to_the_same_lora(make_pipeline, prompts, reward_fn, small_c
     assert any(v.abs().max() > 0 for k, v in straight.lora_state.items() if "lora_B" in k)
     row = straight.history[-1]
     assert np.isfinite(row["policy_loss"]) and np.isfinite(row["kl_penalty"]) and np.isnan(row["ratio_dev"])
+
+
+def test_nft_pulls_the_prediction_to_good_images_and_pushes_it_from_bad_ones(make_pipeline, small_config, tmp_path):
+    """One round, the first image of each group rewarded 1 and the others 0: afterwards the guided
+    prediction denoises the rewarded images better than the pretrained model does, and better than it
+    denoises the others (on forward-process draws of their own, not the training ones). The others need not
+    get worse in absolute terms: the tiny random UNet's predictions are far from ε everywhere, and what the
+    adapter learns from the rewarded images carries over to all of them."""
+    config = small_config({**NFT, "rollout.g_batch": 8, "rollout.trajectories_per_prompt": 4, "runtime.num_rounds": 1,
+                           "policy.p_step": 8, "policy.learning_rate": 1e-2, "kl.weight": 0.0})
+
+    def first_of_group(images, prompts):
+        return np.array([1.0 if i % 4 == 0 else 0.0 for i in range(len(images))])
+
+    pipeline = make_pipeline()
+    prompts = ["a red circle", "a blue square"]
+    round_prompts, groups = draw_prompts(prompts, config, 1)
+    trajectory = sample_round(pipeline, round_prompts, groups, config, 1)  # the round the run will sample
+    train_dpok(pipeline, prompts, first_of_group, config, tmp_path, progress=False)
+    scheduler = pipeline.scheduler
+    scheduler.set_timesteps(config.sampler.num_inference_steps)
+    g = torch.Generator().manual_seed(99)
+    x0 = trajectory.latents[:, -1]
+    errors = {}
+    for model in ("trained", "pretrained"):
+        total = torch.zeros(len(x0))
+        for _ in range(6):
+            t = scheduler.timesteps[torch.randint(len(scheduler.timesteps), (len(x0),), generator=g)]
+            noise = torch.randn(x0.shape, generator=g)
+            x_t = scheduler.add_noise(x0, noise, t)
+            with torch.no_grad(), (reference_model(pipeline.unet) if model == "pretrained" else contextlib.nullcontext()):
+                pred = guided_noise_prediction(pipeline.unet, x_t, t, trajectory.prompt_embeds,
+                                               trajectory.negative_prompt_embeds, config.sampler.guidance_scale)
+            total += (pred - noise).pow(2).flatten(1).mean(1)
+        errors[model] = total
+    change = errors["trained"] - errors["pretrained"]
+    good = torch.tensor([i % 4 == 0 for i in range(len(x0))])
+    assert change[good].mean() < 0 and change[good].mean() < change[~good].mean() - 0.1, change

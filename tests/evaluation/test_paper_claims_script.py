@@ -1,0 +1,315 @@
+"""scripts/paper_claims.py and scripts/paper_claims.sh on synthetic inputs: the arm table both read, the single
+prompt rule, the names and parameters an experiment must match, the collector without Git or DVC, and the
+shell script's checks in a sandbox whose `git` and `dvc` only record their calls."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from dpok.evaluation.claims import ARMS, BETA_SWEEP_PREFIX, NOT_RUN, SUPPORTED
+
+ROOT = Path(__file__).resolve().parents[2]
+spec = importlib.util.spec_from_file_location("paper_claims", ROOT / "scripts" / "paper_claims.py")
+paper_claims = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(paper_claims)
+REGISTRY = paper_claims.load_arm_registry()
+
+
+def test_the_arm_table_is_the_one_the_library_labels():
+    assert tuple(REGISTRY["arms"]) == ARMS and REGISTRY["beta_sweep"]["prefix"] == BETA_SWEEP_PREFIX
+
+
+def test_arm_overrides_and_their_dvc_text():
+    assert paper_claims.arm_overrides("rl", REGISTRY) == {"finetune.rl.kl.weight": 0.0,
+                                                           "finetune.rl.value.enabled": False}
+    assert paper_claims.arm_overrides("rl_kl_v", REGISTRY) == {}
+    assert paper_claims.arm_overrides("rl_kl_b0.3", REGISTRY) == {"finetune.rl.kl.weight": 0.3,
+                                                                   "finetune.rl.value.enabled": False}
+    paper = paper_claims.override_text(paper_claims.arm_overrides("paper", REGISTRY))
+    assert "finetune.rl.policy.clip_range=0.0001 " in paper and "finetune.rl.advantage.normalisation=none" in paper
+    assert paper_claims.override_text({"a": 1e-05, "b": True, "c": 0.0}) == "a=0.00001 b=true c=0.0"
+    for arm in ("foo", "rl_kl_b", "rl_kl_bx", "rl_kl_b-1"):
+        with pytest.raises(ValueError, match=f"unknown arm '{arm}'"):
+            paper_claims.arm_overrides(arm, REGISTRY)
+
+
+def _prompt_tables() -> tuple[pd.DataFrame, pd.DataFrame]:
+    headroom = pd.DataFrame([
+        ("a red circle", "color", 0.35), ("a blue circle", "color", 0.30), ("a blue square", "color", 0.40),
+        ("two circles", "count", 0.40), ("an unlisted count", "count", 0.30),
+        ("a and b", "composition", 0.9), ("x at the top", "location", 0.1), ("y at the top", "location", 0.0),
+    ], columns=["prompt", "category", "solve_rate"])
+    shapeseval = pd.DataFrame({"prompt": ["a red circle", "a blue circle", "a blue square", "two circles", "a and b"],
+                               "split": ["test", "train", "validation", "train", "train"]})
+    return headroom, shapeseval
+
+
+def test_single_prompt_rule_skips_test_prompts_and_breaks_ties_by_text():
+    headroom, shapeseval = _prompt_tables()
+    picked = paper_claims.pick_single_prompts(headroom, shapeseval).set_index("category")["prompt"]
+    # color: the exact 0.35 prompt is a test prompt; 0.30 and 0.40 tie, "a blue circle" sorts first.
+    # count: a prompt ShapesEval does not list is not a test prompt.
+    assert picked.to_dict() == {"color": "a blue circle", "count": "an unlisted count", "composition": "a and b",
+                                "location": "x at the top"}
+    with pytest.raises(ValueError, match="category 'location'"):
+        paper_claims.pick_single_prompts(headroom[headroom["category"] != "location"], shapeseval)
+
+
+def test_single_prompt_files_are_written_once_and_never_changed(tmp_path):
+    (tmp_path / "data/01_raw/prompts").mkdir(parents=True)
+    headroom, shapeseval = _prompt_tables()
+    picked = paper_claims.pick_single_prompts(headroom, shapeseval)
+    paths = paper_claims.write_single_prompts(picked, tmp_path)
+    color = tmp_path / "data/01_raw/prompts/claims_color.csv"
+    assert color in paths and color.read_text() == "prompt,category\na blue circle,color\n"
+    existing_format = pd.read_csv(ROOT / "data/01_raw/prompts/shapes_single.csv").columns.tolist()
+    assert pd.read_csv(color).columns.tolist() == existing_format
+    paper_claims.write_single_prompts(picked, tmp_path)  # the same prompts again: fine
+    picked.loc[picked["category"] == "color", "prompt"] = "a blue square"
+    with pytest.raises(ValueError, match="claims_color.csv"):
+        paper_claims.write_single_prompts(picked, tmp_path)
+    assert color.read_text() == "prompt,category\na blue circle,color\n"
+
+
+def test_experiment_names():
+    parse = lambda name: paper_claims.parse_experiment_name(name, REGISTRY)
+    assert parse("claims-rl_kl_v-s2") == {"name": "claims-rl_kl_v-s2", "arm": "rl_kl_v", "category": None, "seed": 2,
+                                          "protocol": "multi"}
+    assert parse("claims-rl_kl_b0.1-count-s0")["arm"] == "rl_kl_b0.1"
+    assert parse("claims-sft-location-s1")["protocol"] == "single"
+    assert parse("tune-lr-s0") is None
+    with pytest.raises(ValueError, match="unknown arm 'dpo'"):
+        parse("claims-dpo-s0")
+    with pytest.raises(ValueError, match="unknown category 'texture'"):
+        parse("claims-rl-texture-s0")
+
+
+def _params(kl_weight=0.01, value=True, seed=0, path="data/01_raw/prompts/shapeseval_train.csv", method="dpok"):
+    return {"finetune": {"method": method, "rl": {"seed": seed, "kl": {"weight": kl_weight},
+                                                   "value": {"enabled": value},
+                                                   "rollout": {"g_batch": 32}, "runtime": {"num_rounds": 25}}},
+            "prompts": {"path": path}}
+
+
+def test_recorded_parameters_must_match_the_name():
+    check = lambda name, params: paper_claims.check_params(paper_claims.parse_experiment_name(name, REGISTRY), params,
+                                                           REGISTRY)
+    check("claims-rl-s0", _params(kl_weight=0.0, value=False))
+    check("claims-rl_kl-count-s1", _params(value=False, seed=1, path="data/01_raw/prompts/claims_count.csv"))
+    check("claims-rl_kl_b0.1-s0", _params(kl_weight=0.1, value=False))
+    with pytest.raises(ValueError, match=r"claims-rl-s0: finetune.rl.kl.weight expected 0.0 .*found 0.01"):
+        check("claims-rl-s0", _params(value=False))
+    with pytest.raises(ValueError, match="claims-rl_kl-s2: finetune.rl.seed expected 2 .*found 0"):
+        check("claims-rl_kl-s2", _params(value=False))
+    with pytest.raises(ValueError, match=r"prompts.path expected 'data/01_raw/prompts/claims_color.csv'.*claims_count"):
+        check("claims-rl_kl-color-s0", _params(value=False, path="data/01_raw/prompts/claims_count.csv"))
+    with pytest.raises(ValueError, match="claims-rl_kl-s0: prompts.path expected the multi-prompt set"):
+        check("claims-rl_kl-s0", _params(value=False, path="data/01_raw/prompts/claims_count.csv"))
+    with pytest.raises(ValueError, match="finetune.method expected 'sft'.*found 'dpok'"):
+        check("claims-sft-s0", _params())
+    with pytest.raises(ValueError, match="finetune.rl.value.enabled expected False.*found 0"):
+        check("claims-rl_kl-s0", _params(value=0))  # a number is not a switch
+    params = _params()
+    del params["finetune"]["rl"]["kl"]
+    with pytest.raises(ValueError, match="found '<absent>'"):
+        check("claims-rl-s0", params)
+
+
+def test_reward_calls_in_both_parameter_layouts():
+    assert paper_claims.reward_calls(_params()) == 800
+    older = {"finetune": {"rl": {"num_rounds": 25, "g_batch": 16}}}
+    assert paper_claims.reward_calls(older) == 400
+
+
+def _manifest(prompts: list[tuple[str, str, str]], judge: float, quality: float = 0.9, seeds=4) -> pd.DataFrame:
+    rng = np.random.default_rng(int(judge * 1000))
+    return pd.DataFrame([{"prompt": p, "category": c, "split": s, "seed": 100 + k, "file": f"{i}_{k}.png",
+                          "shapes_judge": judge + rng.normal(0, 0.01), "shapes_quality": quality}
+                         for i, (p, c, s) in enumerate(prompts) for k in range(seeds)])
+
+
+MULTI_PROMPTS = [("a red circle", "color", "train"), ("two circles", "count", "train"),
+                 ("a blue square", "color", "heldout")]
+GAIN = {"sft": 0.0, "rl": 0.1, "rl_kl": 0.1, "rl_kl_v": 0.3, "rl_kl_b0.1": 0.1}
+
+
+def _fake_run(name: str) -> dict:
+    """What load_run returns, without Git or DVC: the arm's judge gain on every prompt."""
+    experiment = {**paper_claims.parse_experiment_name(name, REGISTRY), "ref": f"refs/exps/{name}"}
+    category = experiment["category"]
+    prompts = MULTI_PROMPTS if category is None else [(f"the {category} prompt", category, "train")]
+    history = pd.DataFrame({"round": range(1, 11), "reward_mean": np.linspace(0.5, 0.5 + GAIN[experiment["arm"]], 10),
+                            "kl_bound_nats": 10.0 + 100 * (experiment["arm"] == "rl")})
+    path = "data/01_raw/prompts/shapeseval_train.csv" if category is None else paper_claims.single_prompt_path(category)
+    params = _params(seed=experiment["seed"], path=path)
+    for key, value in paper_claims.arm_overrides(experiment["arm"], REGISTRY).items():  # what its name promises
+        *blocks, last = key.split(".")
+        target = params
+        for block in blocks:
+            target = target[block]
+        target[last] = value
+    return {**experiment, "base": _manifest(prompts, 0.4), "tuned": _manifest(prompts, 0.4 + GAIN[experiment["arm"]]),
+            "history": history if experiment["arm"] != "sft" else history.drop(columns="reward_mean"),
+            "params": params["finetune"], "prompts_path": path, "reward_calls": 800, "baseline": "abc"}
+
+
+def test_rows_carry_protocol_category_and_budget():
+    single = paper_claims.per_prompt_rows(_fake_run("claims-rl-count-s1"))
+    assert single[["arm", "seed", "category", "protocol", "reward_calls"]].iloc[0].tolist() == ["rl", 1, "count",
+                                                                                                 "single", 800]
+    multi = paper_claims.per_prompt_rows(_fake_run("claims-rl-s0"))
+    assert sorted(multi["category"]) == ["color", "color", "count"] and set(multi["protocol"]) == {"multi"}
+    assert multi["judge_tuned"].mean() - multi["judge_base"].mean() == pytest.approx(0.1, abs=0.02)
+    training = paper_claims.training_rows(_fake_run("claims-rl-s0"))
+    assert training["trajectories"].max() == 320 and set(training["reward_calls"]) == {800}  # 10 rounds × 32
+
+
+def test_what_the_runs_cover():
+    runs = [_fake_run(n) for n in ("claims-sft-s0", "claims-rl-s0", "claims-rl-count-s0", "claims-rl_kl_b0.1-s1")]
+    per_arm = paper_claims.runs_per_arm(runs)
+    assert list(per_arm) == ["sft", "rl", "rl_kl_b0.1"]
+    assert per_arm["rl"] == {"seeds": [0], "sample_budget_per_run": {"claims-rl-count-s0": 800, "claims-rl-s0": 800}}
+    missing = paper_claims.missing_experiments(runs)
+    assert "claims-rl_kl-s1" in missing and "claims-sft-color-s0" in missing and "claims-rl-s0" not in missing
+    assert paper_claims.claim_protocols(runs) == {
+        1: "single prompt: count: the count prompt", 2: "single prompt: count: the count prompt",
+        3: "multi-prompt: data/01_raw/prompts/shapeseval_train.csv"}
+    other = _fake_run("claims-sft-count-s1")
+    other["base"] = other["base"].assign(prompt="another count prompt")
+    with pytest.raises(ValueError, match="'count' ran on different prompts"):
+        paper_claims.single_prompts(runs + [other])
+
+
+def _collect(tmp_path, monkeypatch, names: list[str], params: dict | None = None) -> dict:
+    """Run the collector on fake runs; the JSON it wrote (or the error it raised)."""
+    runs = {n: _fake_run(n) for n in names}
+    monkeypatch.setattr(paper_claims, "experiments",
+                        lambda registry: [{k: runs[n][k] for k in ("name", "arm", "category", "seed", "protocol",
+                                                                   "ref")} for n in names])
+    recorded = {n: {"finetune": r["params"], "prompts": {"path": r["prompts_path"]}} for n, r in runs.items()}
+    recorded.update(params or {})
+    monkeypatch.setattr(paper_claims, "recorded_params", lambda e: recorded[e["name"]])
+    monkeypatch.setattr(paper_claims, "load_run", lambda e, p: runs[e["name"]])
+    monkeypatch.setattr(paper_claims, "_git_file", lambda ref, path: "reward\n0.4\n0.5\n")
+    monkeypatch.setattr(paper_claims, "comparison_grid", lambda runs: Image.new("RGB", (4, 4)))
+    args = argparse.Namespace(out_json=str(tmp_path / "claims.json"), docs=str(tmp_path / "results.md"),
+                              figures=str(tmp_path / "figures"), resamples=50)
+    paper_claims.collect(args, REGISTRY)
+    return json.loads((tmp_path / "claims.json").read_text())
+
+
+def test_collector_with_only_multi_prompt_runs_leaves_claims_one_and_two_not_run(tmp_path, monkeypatch):
+    names = [f"claims-{arm}-s{seed}" for arm in ("sft", "rl_kl", "rl_kl_v") for seed in (0, 1)]
+    result = _collect(tmp_path, monkeypatch, names)
+    claims = {c["claim"]: c for c in result["claims"]}
+    assert claims[1]["verdict"] == NOT_RUN and claims[1]["protocol"] == "single prompt: not run yet"
+    assert claims[3]["verdict"] == SUPPORTED and claims[3]["protocol"].startswith("multi-prompt: data/01_raw")
+    assert result["runs_per_arm"]["rl_kl"] == {"seeds": [0, 1], "sample_budget_per_run": {"claims-rl_kl-s0": 800,
+                                                                                          "claims-rl_kl-s1": 800}}
+    assert "claims-rl-s0" in result["missing"] and "claims-sft-color-s0" in result["missing"]
+    text = (tmp_path / "results.md").read_text()
+    assert "**not run yet: rl_kl_v, sft**" in text
+    assert (tmp_path / "figures" / "training_reward_curves.png").exists()
+
+
+def test_collector_judges_single_prompt_runs_per_category(tmp_path, monkeypatch):
+    names = [f"claims-{arm}-{c}-s{seed}" for arm in ("sft", "rl_kl_v") for c in ("color", "count")
+             for seed in (0, 1, 2)]
+    result = _collect(tmp_path, monkeypatch, names)
+    claim = result["claims"][0]
+    assert claim["verdict"] == SUPPORTED and set(claim["per_category"]) == {"color", "count"}
+    assert claim["protocol"] == "single prompt: color: the color prompt; count: the count prompt"
+    assert claim["seeds"] == {"rl_kl_v": 3, "sft": 3} and claim["reward_calls_per_run"] == [800]
+    assert result["claims"][2]["verdict"] == NOT_RUN and result["arms"] == {} and "sft" in result["arms_single_prompt"]
+
+
+def test_collector_refuses_a_run_whose_parameters_disagree_and_writes_nothing(tmp_path, monkeypatch):
+    wrong = _params(kl_weight=0.01, value=False)  # named rl, but trained with the KL term
+    with pytest.raises(ValueError, match=r"claims-rl-s0: finetune.rl.kl.weight expected 0.0 .*found 0.01"):
+        _collect(tmp_path, monkeypatch, ["claims-rl-s0", "claims-sft-s0"], {"claims-rl-s0": wrong})
+    assert not any(tmp_path.iterdir())
+
+
+# --- the shell script, in a sandbox -----------------------------------------------------------------------
+
+@pytest.fixture
+def sandbox(tmp_path):
+    """A copy of the scripts beside the real src/, and `git`/`dvc` stand-ins that log their arguments."""
+    (tmp_path / "scripts").mkdir()
+    for name in ("paper_claims.sh", "paper_claims.py", "claims_arms.yml"):
+        (tmp_path / "scripts" / name).write_bytes((ROOT / "scripts" / name).read_bytes())
+    (tmp_path / "src").symlink_to(ROOT / "src")
+    (tmp_path / "data/01_raw/prompts").mkdir(parents=True)
+    (tmp_path / "data/08_reporting").mkdir(parents=True)
+    headroom, shapeseval = _prompt_tables()
+    headroom.to_csv(tmp_path / "data/08_reporting/headroom_candidates.csv", index=False)
+    shapeseval.to_csv(tmp_path / "data/01_raw/prompts/shapeseval.csv", index=False)
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for tool, reply in (("git", ""), ("dvc", "claims-sft-color-s0")):
+        stub = bin_dir / tool
+        stub.write_text(f'#!/bin/sh\necho "{tool} $*" >> "{tmp_path}/calls.log"\n'
+                        f'[ "$1 $2" = "exp list" ] && echo "{reply}"\nexit 0\n')
+        stub.chmod(0o755)
+    return tmp_path
+
+
+def _run_script(sandbox: Path, *arms: str, **env: str) -> subprocess.CompletedProcess:
+    path = f"{sandbox / 'bin'}:{ROOT / '.venv' / 'bin'}:{os.environ['PATH']}"
+    return subprocess.run(["bash", str(sandbox / "scripts" / "paper_claims.sh"), *arms], capture_output=True, text=True,
+                          env={**os.environ, "PATH": path, "OMP_NUM_THREADS": "1", **env}, timeout=120)
+
+
+def _calls(sandbox: Path) -> list[str]:
+    log = sandbox / "calls.log"
+    return log.read_text().splitlines() if log.exists() else []
+
+
+@pytest.mark.parametrize(("arms", "env", "message"), [
+    (("rl", "foo"), {}, "unknown arm 'foo'"),
+    ((), {"SEEDS": ""}, "SEEDS is empty"),
+    ((), {"SEEDS": "0 x"}, "seed 'x' in SEEDS"),
+    ((), {"PROTOCOL": "both"}, "unknown PROTOCOL 'both'"),
+    ((), {"PROTOCOL": "single", "CATEGORIES": "color texture"}, "unknown category 'texture'"),
+])
+def test_shell_script_stops_on_bad_input_before_touching_anything(sandbox, arms, env, message):
+    result = _run_script(sandbox, *arms, **env)
+    assert result.returncode != 0 and message in result.stderr
+    assert _calls(sandbox) == [] and not list((sandbox / "data/01_raw/prompts").glob("claims_*.csv"))
+
+
+def test_shell_script_runs_single_prompt_experiments_with_the_arms_overrides(sandbox):
+    result = _run_script(sandbox, "sft", "rl", PROTOCOL="single", SEEDS="0", CATEGORIES="color count", ROUNDS="3")
+    assert result.returncode == 0, result.stderr
+    assert "claims-sft-color-s0: done, skipped" in result.stdout
+    runs = [c for c in _calls(sandbox) if c.startswith("dvc exp run")]
+    finetune, prompts = "-S conf/base/parameters_finetune.yml:", "-S conf/base/parameters_prompts.yml:"
+    assert runs == [
+        f"dvc exp run -n claims-rl-color-s0 {finetune}finetune.rl.seed=0 {finetune}finetune.rl.runtime.num_rounds=3 "
+        f"{finetune}finetune.rl.kl.weight=0.0 {finetune}finetune.rl.value.enabled=false "
+        f"{prompts}prompts.path=data/01_raw/prompts/claims_color.csv",
+        f"dvc exp run -n claims-sft-count-s0 {finetune}finetune.rl.seed=0 {finetune}finetune.rl.runtime.num_rounds=3 "
+        f"{finetune}finetune.method=sft {prompts}prompts.path=data/01_raw/prompts/claims_count.csv",
+        f"dvc exp run -n claims-rl-count-s0 {finetune}finetune.rl.seed=0 {finetune}finetune.rl.runtime.num_rounds=3 "
+        f"{finetune}finetune.rl.kl.weight=0.0 {finetune}finetune.rl.value.enabled=false "
+        f"{prompts}prompts.path=data/01_raw/prompts/claims_count.csv",
+    ]
+    assert (sandbox / "data/01_raw/prompts/claims_color.csv").read_text() == "prompt,category\na blue circle,color\n"
+
+
+def test_shell_script_multi_prompt_names_are_unchanged(sandbox):
+    result = _run_script(sandbox, "rl_kl_v", "rl_kl_b0.1", SEEDS="4")
+    assert result.returncode == 0, result.stderr
+    runs = [c.split(" -S ")[0] for c in _calls(sandbox) if c.startswith("dvc exp run")]
+    assert runs == ["dvc exp run -n claims-rl_kl_v-s4", "dvc exp run -n claims-rl_kl_b0.1-s4"]
+    assert not list((sandbox / "data/01_raw/prompts").glob("claims_*.csv"))
