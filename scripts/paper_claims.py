@@ -84,6 +84,36 @@ def arm_overrides(arm: str, registry: dict) -> dict[str, Any]:
                      f"e.g. {registry['beta_sweep']['prefix']}0.1)")
 
 
+SINGLE_PROMPT_ENV = ROOT / "conf" / "shapes_single" / "parameters_finetune.yml"
+
+
+def _flatten(tree: dict, prefix: str) -> dict[str, Any]:
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def protocol_overrides(protocol: str, env_file: Path = SINGLE_PROMPT_ENV) -> dict[str, Any]:
+    """What a protocol sets besides the arm: nothing for ``multi`` (the defaults), and for ``single`` the
+    paper's single-prompt settings of ``conf/shapes_single`` (their one home), read from that file: its
+    ``finetune.rl`` and ``finetune.probe`` keys (its output folders stay its own)."""
+    if protocol == "multi":
+        return {}
+    if protocol != "single":
+        raise ValueError(f"unknown protocol '{protocol}' (single, multi)")
+    finetune = yaml.safe_load(env_file.read_text())["finetune"]
+    return {**_flatten(finetune.get("probe") or {}, "finetune.probe."), **_flatten(finetune["rl"], "finetune.rl.")}
+
+
+def run_overrides(arm: str, protocol: str, registry: dict) -> dict[str, Any]:
+    """The protocol's settings, then the arm's (an arm's setting wins: `rl` keeps β = 0 on a single prompt)."""
+    return {**protocol_overrides(protocol), **arm_overrides(arm, registry)}
+
+
 def _format_value(value: Any) -> str:
     """A value as `dvc exp run -S key=value` reads it back typed (YAML booleans, floats without exponents:
     PyYAML reads 1e-05 back as a string)."""
@@ -164,7 +194,8 @@ def parse_experiment_name(name: str, registry: dict) -> dict | None:
 
 def expected_params(experiment: dict, registry: dict) -> dict[str, Any]:
     """What the experiment's name promises its recorded parameters hold."""
-    expected = {"finetune.rl.seed": experiment["seed"], **arm_overrides(experiment["arm"], registry)}
+    expected = {"finetune.rl.seed": experiment["seed"],
+                **run_overrides(experiment["arm"], experiment["protocol"], registry)}
     if experiment["category"] is not None:
         expected["prompts.path"] = single_prompt_path(experiment["category"])
     return expected
@@ -408,7 +439,7 @@ def _of_protocol(table: pd.DataFrame, protocol: str) -> pd.DataFrame:
 def _tool_commands(args: argparse.Namespace, registry: dict) -> bool:
     """The small commands the shell script calls; True when one ran."""
     if args.arm_overrides is not None:
-        print(override_text(arm_overrides(args.arm_overrides, registry)))
+        print(override_text(run_overrides(args.arm_overrides, args.protocol, registry)))
     elif args.single_prompt_path is not None:
         print(single_prompt_path(args.single_prompt_path))
     elif args.write_single_prompts:
@@ -504,6 +535,8 @@ def main() -> None:
     parser.add_argument("--resamples", type=int, default=2000)
     tools = parser.add_mutually_exclusive_group()
     tools.add_argument("--arm-overrides", metavar="ARM", help="print the arm's `key=value` overrides and exit")
+    parser.add_argument("--protocol", default="multi", choices=("multi", "single"),
+                        help="with --arm-overrides: the protocol's settings too (single: conf/shapes_single's)")
     tools.add_argument("--single-prompt-path", metavar="CATEGORY", help="print the category's prompt file and exit")
     tools.add_argument("--write-single-prompts", action="store_true",
                        help="pick each category's single prompt and write its file (never changes an existing one)")

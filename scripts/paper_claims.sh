@@ -10,7 +10,8 @@
 # each arm × category × seed as `claims-<arm>-<category>-s<seed>` on one prompt per category (claims 1–2):
 # data/01_raw/prompts/claims_<category>.csv, written by `python scripts/paper_claims.py --write-single-prompts`
 # (the prompt outside ShapesEval's test split whose base solve rate is closest to 0.35) and committed before
-# the first run. Every run has the default settings plus the arm's overrides (scripts/claims_arms.yml, the one
+# the first run, with the paper's single-prompt settings of conf/shapes_single (read from that file). Every run
+# has the default settings (and the protocol's) plus the arm's overrides (scripts/claims_arms.yml, the one
 # table that scripts/paper_claims.py also checks the collected experiments against) and ROUNDS × g_batch
 # trajectories (reward calls). An experiment is kept (DVC stores its parameters, code, metrics and outputs)
 # as soon as it finishes, so the matrix can run in parts: names already in `dvc exp list` are skipped.
@@ -54,7 +55,7 @@ done
 [[ $ROUNDS =~ ^[1-9][0-9]*$ ]] || fail "ROUNDS '$ROUNDS' is not a positive integer"
 declare -A OVERRIDES PROMPT_FILE
 for arm in "${ARMS[@]}"; do   # scripts/claims_arms.yml through the collector: one table for both
-  OVERRIDES[$arm]=$(python scripts/paper_claims.py --arm-overrides "$arm") || exit 1
+  OVERRIDES[$arm]=$(python scripts/paper_claims.py --arm-overrides "$arm" --protocol "$PROTOCOL") || exit 1
 done
 UNITS=("")   # multi-prompt: one run per arm and seed
 if [ "$PROTOCOL" = single ]; then

@@ -36,7 +36,7 @@ def test_arm_overrides_and_their_dvc_text():
     assert paper_claims.arm_overrides("rl_kl_b0.3", REGISTRY) == {"finetune.rl.kl.weight": 0.3,
                                                                    "finetune.rl.value.enabled": False}
     paper = paper_claims.override_text(paper_claims.arm_overrides("paper", REGISTRY))
-    assert "finetune.rl.policy.clip_range=0.0001 " in paper and "finetune.rl.advantage.normalisation=none" in paper
+    assert "finetune.rl.policy.clip_range=0.0001" in paper.split() and "finetune.rl.advantage.normalisation=none" in paper
     assert paper_claims.override_text({"a": 1e-05, "b": True, "c": 0.0}) == "a=0.00001 b=true c=0.0"
     for arm in ("foo", "rl_kl_b", "rl_kl_bx", "rl_kl_b-1"):
         with pytest.raises(ValueError, match=f"unknown arm '{arm}'"):
@@ -101,18 +101,34 @@ def _params(kl_weight=0.01, value=True, seed=0, path="data/01_raw/prompts/shapes
             "prompts": {"path": path}}
 
 
+def _single_params(seed: int, path: str) -> dict:
+    """An rl_kl run's parameters under the single-prompt protocol (conf/shapes_single's settings)."""
+    params = _params(value=False, seed=seed, path=path)
+    for key, value in paper_claims.protocol_overrides("single").items():
+        *blocks, last = key.split(".")
+        target = params
+        for block in blocks:
+            target = target.setdefault(block, {})
+        target[last] = value
+    return params
+
+
 def test_recorded_parameters_must_match_the_name():
     check = lambda name, params: paper_claims.check_params(paper_claims.parse_experiment_name(name, REGISTRY), params,
                                                            REGISTRY)
     check("claims-rl-s0", _params(kl_weight=0.0, value=False))
-    check("claims-rl_kl-count-s1", _params(value=False, seed=1, path="data/01_raw/prompts/claims_count.csv"))
+    single = _single_params(seed=1, path="data/01_raw/prompts/claims_count.csv")
+    check("claims-rl_kl-count-s1", single)
+    with pytest.raises(ValueError, match=r"claims-rl_kl-count-s1: finetune.rl.kl.weight expected 0.1 .*found 0.01"):
+        check("claims-rl_kl-count-s1", _params(value=False, seed=1, path="data/01_raw/prompts/claims_count.csv")
+              | {"finetune": {**single["finetune"], "rl": {**single["finetune"]["rl"], "kl": {"weight": 0.01}}}})
     check("claims-rl_kl_b0.1-s0", _params(kl_weight=0.1, value=False))
     with pytest.raises(ValueError, match=r"claims-rl-s0: finetune.rl.kl.weight expected 0.0 .*found 0.01"):
         check("claims-rl-s0", _params(value=False))
     with pytest.raises(ValueError, match="claims-rl_kl-s2: finetune.rl.seed expected 2 .*found 0"):
         check("claims-rl_kl-s2", _params(value=False))
     with pytest.raises(ValueError, match=r"prompts.path expected 'data/01_raw/prompts/claims_color.csv'.*claims_count"):
-        check("claims-rl_kl-color-s0", _params(value=False, path="data/01_raw/prompts/claims_count.csv"))
+        check("claims-rl_kl-color-s0", _single_params(seed=0, path="data/01_raw/prompts/claims_count.csv"))
     with pytest.raises(ValueError, match="claims-rl_kl-s0: prompts.path expected the multi-prompt set"):
         check("claims-rl_kl-s0", _params(value=False, path="data/01_raw/prompts/claims_count.csv"))
     with pytest.raises(ValueError, match="finetune.method expected 'sft'.*found 'dpok'"):
@@ -152,11 +168,12 @@ def _fake_run(name: str) -> dict:
                             "kl_bound_nats": 10.0 + 100 * (experiment["arm"] == "rl")})
     path = "data/01_raw/prompts/shapeseval_train.csv" if category is None else paper_claims.single_prompt_path(category)
     params = _params(seed=experiment["seed"], path=path)
-    for key, value in paper_claims.arm_overrides(experiment["arm"], REGISTRY).items():  # what its name promises
+    promised = paper_claims.run_overrides(experiment["arm"], experiment["protocol"], REGISTRY)
+    for key, value in promised.items():  # what its name promises
         *blocks, last = key.split(".")
         target = params
         for block in blocks:
-            target = target[block]
+            target = target.setdefault(block, {})
         target[last] = value
     return {**experiment, "base": _manifest(prompts, 0.4), "tuned": _manifest(prompts, 0.4 + GAIN[experiment["arm"]]),
             "history": history if experiment["arm"] != "sft" else history.drop(columns="reward_mean"),
@@ -249,6 +266,7 @@ def sandbox(tmp_path):
     for name in ("paper_claims.sh", "paper_claims.py", "claims_arms.yml"):
         (tmp_path / "scripts" / name).write_bytes((ROOT / "scripts" / name).read_bytes())
     (tmp_path / "src").symlink_to(ROOT / "src")
+    (tmp_path / "conf").symlink_to(ROOT / "conf")  # the single-prompt protocol reads conf/shapes_single
     (tmp_path / "data/01_raw/prompts").mkdir(parents=True)
     (tmp_path / "data/08_reporting").mkdir(parents=True)
     headroom, shapeseval = _prompt_tables()
@@ -294,16 +312,19 @@ def test_shell_script_runs_single_prompt_experiments_with_the_arms_overrides(san
     assert "claims-sft-color-s0: done, skipped" in result.stdout
     runs = [c for c in _calls(sandbox) if c.startswith("dvc exp run")]
     finetune, prompts = "-S conf/base/parameters_finetune.yml:", "-S conf/base/parameters_prompts.yml:"
+    settings = lambda arm: "".join(f"{finetune}{kv} " for kv in  # noqa: E731
+                                   paper_claims.override_text(paper_claims.run_overrides(arm, "single", REGISTRY)).split())
     assert runs == [
         f"dvc exp run -n claims-rl-color-s0 {finetune}finetune.rl.seed=0 {finetune}finetune.rl.runtime.num_rounds=3 "
-        f"{finetune}finetune.rl.kl.weight=0.0 {finetune}finetune.rl.value.enabled=false "
-        f"{prompts}prompts.path=data/01_raw/prompts/claims_color.csv",
+        f"{settings('rl')}{prompts}prompts.path=data/01_raw/prompts/claims_color.csv",
         f"dvc exp run -n claims-sft-count-s0 {finetune}finetune.rl.seed=0 {finetune}finetune.rl.runtime.num_rounds=3 "
-        f"{finetune}finetune.method=sft {prompts}prompts.path=data/01_raw/prompts/claims_count.csv",
+        f"{settings('sft')}{prompts}prompts.path=data/01_raw/prompts/claims_count.csv",
         f"dvc exp run -n claims-rl-count-s0 {finetune}finetune.rl.seed=0 {finetune}finetune.rl.runtime.num_rounds=3 "
-        f"{finetune}finetune.rl.kl.weight=0.0 {finetune}finetune.rl.value.enabled=false "
-        f"{prompts}prompts.path=data/01_raw/prompts/claims_count.csv",
+        f"{settings('rl')}{prompts}prompts.path=data/01_raw/prompts/claims_count.csv",
     ]
+    # conf/shapes_single's settings, then the arm's: rl's β = 0 replaces the protocol's 0.1, sft keeps it
+    assert f"{finetune}finetune.rl.kl.weight=0.0 " in runs[0] and "finetune.rl.kl.weight=0.1 " not in runs[0]
+    assert f"{finetune}finetune.rl.kl.weight=0.1 " in runs[1] and f"{finetune}finetune.rl.rollout.g_batch=16 " in runs[1]
     assert (sandbox / "data/01_raw/prompts/claims_color.csv").read_text() == "prompt,category\na blue circle,color\n"
 
 
