@@ -21,7 +21,9 @@ PYTHONPATH=src "$ROOT/.venv/bin/kedro" run --env shapes_long --pipelines finetun
 echo "finetune: $(( $(date +%s) - start )) s"
 PYTHONPATH=src "$ROOT/.venv/bin/kedro" run --env shapes_long --pipelines shapeseval >> "$WORK/shapeseval.log" 2>&1
 echo "total: $(( $(date +%s) - start )) s"
-for f in finetune_history.csv finetune_probe.csv finetune_probe_curve.png shapeseval.json shapeseval.md shapeseval.png; do
+for f in finetune_history.csv finetune_probe.csv finetune_probe_curve.png shapeseval.md shapeseval.png; do
   [ -f "data/08_reporting/shapes_long/$f" ] && cp "data/08_reporting/shapes_long/$f" "$OUT/seed${SEED}_$f"
 done
+# Named as scripts/shapeseval_table.py reads it: python scripts/shapeseval_table.py docs/experiments/shapes_long
+cp data/08_reporting/shapes_long/shapeseval.json "$OUT/shapes_long_seed${SEED}.json"
 ls "$OUT"
