@@ -5,6 +5,8 @@
 # reward calls, then the evaluation (16 seeds, base and fine-tuned from the same noise). In a copy of the
 # committed code (REV, default HEAD); finished arms are skipped. Results: docs/experiments/claims_pilot/.
 #   CATEGORY=location ROUNDS=180 SEED=0 bash docs/experiments/claims_pilot.sh rl rl_kl
+# EXTRA (comma-separated key=value) adds settings to every arm of the call, TAG names them in the file names:
+#   EXTRA=finetune.sft.steps=1000 TAG=steps1000 bash docs/experiments/claims_pilot.sh sft
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 OUT=$ROOT/docs/experiments/claims_pilot
@@ -30,10 +32,10 @@ if [ ! -f "$WORK/base_$CATEGORY.done" ]; then
   touch "$WORK/base_$CATEGORY.done"
 fi
 for arm in "$@"; do
-  name="${arm}_${CATEGORY}_r${ROUNDS}_s${SEED}"
+  name="${arm}${TAG:+-$TAG}_${CATEGORY}_r${ROUNDS}_s${SEED}"
   [ -f "$OUT/$name.metrics.json" ] && { echo "skip $name"; continue; }
   overrides=$("$PY" "$ROOT/scripts/paper_claims.py" --arm-overrides "$arm" | tr ' ' ',')
-  params="$common,finetune.rl.seed=$SEED,finetune.rl.runtime.num_rounds=$ROUNDS,finetune.checkpoint_dir=$WORK/ckpt/$name${overrides:+,$overrides}"
+  params="$common,finetune.rl.seed=$SEED,finetune.rl.runtime.num_rounds=$ROUNDS,finetune.checkpoint_dir=$WORK/ckpt/$name${overrides:+,$overrides}${EXTRA:+,$EXTRA}"
   start=$(date +%s)
   kedro run --env shapes_single --pipelines finetune --params "$params" > "$WORK/$name.log" 2>&1
   kedro run --env shapes_single --pipelines evaluate --params "$common" >> "$WORK/$name.log" 2>&1
