@@ -31,6 +31,8 @@ declare -A ARMS=(
   [nft_lr3]="$G8SEL,finetune.rl.policy.objective=nft,finetune.rl.value.enabled=false,finetune.rl.policy.learning_rate=0.003"
   # issue 29: the new default (g8sel) with the diffusion model's passes in bf16 (runtime.precision), at equal reward calls
   [g8sel_bf16]="$G8SEL,finetune.rl.runtime.precision=bf16"
+  # twice the prompts in every round and policy step (8 prompts x 8 trajectories), half the rounds: the same 1,920 calls
+  [g8sel_p8]="finetune.rl.rollout.g_batch=64,finetune.rl.rollout.trajectories_per_prompt=8,finetune.rl.runtime.num_rounds=30,prompts.path=data/01_raw/prompts/shapeseval_pool_selected.csv"
   [v4sel_lr3]="$V4,prompts.path=data/01_raw/prompts/shapeseval_pool_selected.csv,finetune.rl.policy.learning_rate=0.003"
 )
 # One thread by default: a second torch process on the same cores then slows neither by spin-waiting.
