@@ -37,6 +37,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
+from dpok.config import flatten  # noqa: E402
 from dpok.evaluation.claims import (  # noqa: E402
     ARMS,
     arm_label,
@@ -87,16 +88,6 @@ def arm_overrides(arm: str, registry: dict) -> dict[str, Any]:
 SINGLE_PROMPT_ENV = ROOT / "conf" / "shapes_single" / "parameters_finetune.yml"
 
 
-def _flatten(tree: dict, prefix: str) -> dict[str, Any]:
-    flat = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
-
-
 def protocol_overrides(protocol: str, env_file: Path = SINGLE_PROMPT_ENV) -> dict[str, Any]:
     """What a protocol sets besides the arm: nothing for ``multi`` (the defaults), and for ``single`` the
     paper's single-prompt settings of ``conf/shapes_single`` (their one home), read from that file: its
@@ -106,7 +97,7 @@ def protocol_overrides(protocol: str, env_file: Path = SINGLE_PROMPT_ENV) -> dic
     if protocol != "single":
         raise ValueError(f"unknown protocol '{protocol}' (single, multi)")
     finetune = yaml.safe_load(env_file.read_text())["finetune"]
-    return {**_flatten(finetune.get("probe") or {}, "finetune.probe."), **_flatten(finetune["rl"], "finetune.rl.")}
+    return {**flatten(finetune.get("probe") or {}, "finetune.probe."), **flatten(finetune["rl"], "finetune.rl.")}
 
 
 def run_overrides(arm: str, protocol: str, registry: dict) -> dict[str, Any]:

@@ -101,15 +101,20 @@ def _params(kl_weight=0.01, value=True, seed=0, path="data/01_raw/prompts/shapes
             "prompts": {"path": path}}
 
 
-def _single_params(seed: int, path: str) -> dict:
-    """An rl_kl run's parameters under the single-prompt protocol (conf/shapes_single's settings)."""
-    params = _params(value=False, seed=seed, path=path)
-    for key, value in paper_claims.protocol_overrides("single").items():
+def _set_all(params: dict, dotted: dict) -> None:
+    """Write ``{"a.b.c": value}`` settings into the nested ``params``."""
+    for key, value in dotted.items():
         *blocks, last = key.split(".")
         target = params
         for block in blocks:
             target = target.setdefault(block, {})
         target[last] = value
+
+
+def _single_params(seed: int, path: str) -> dict:
+    """An rl_kl run's parameters under the single-prompt protocol (conf/shapes_single's settings)."""
+    params = _params(value=False, seed=seed, path=path)
+    _set_all(params, paper_claims.protocol_overrides("single"))
     return params
 
 
@@ -169,12 +174,7 @@ def _fake_run(name: str) -> dict:
     path = "data/01_raw/prompts/shapeseval_train.csv" if category is None else paper_claims.single_prompt_path(category)
     params = _params(seed=experiment["seed"], path=path)
     promised = paper_claims.run_overrides(experiment["arm"], experiment["protocol"], REGISTRY)
-    for key, value in promised.items():  # what its name promises
-        *blocks, last = key.split(".")
-        target = params
-        for block in blocks:
-            target = target.setdefault(block, {})
-        target[last] = value
+    _set_all(params, promised)  # what its name promises
     return {**experiment, "base": _manifest(prompts, 0.4), "tuned": _manifest(prompts, 0.4 + GAIN[experiment["arm"]]),
             "history": history if experiment["arm"] != "sft" else history.drop(columns="reward_mean"),
             "params": params["finetune"], "prompts_path": path, "reward_calls": 800, "baseline": "abc"}

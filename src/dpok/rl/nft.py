@@ -36,10 +36,11 @@ import numpy as np
 import torch
 
 from dpok.rl.context import RoundContext
-from dpok.rl.kl import reference_model
+from dpok.rl.kl import eps_mse, reference_model
 from dpok.rl.precision import autocast, half_weights
 from dpok.rl.rollout import stream_generator
 from dpok.rl.sampling import Trajectory, guided_noise_prediction
+from dpok.rl.update import mean_or_nan
 
 if TYPE_CHECKING:
     from dpok.rl.state import RunState
@@ -56,10 +57,6 @@ def optimality_probability(advantage: torch.Tensor, clip: float) -> torch.Tensor
     return 0.5 + 0.5 * (advantage / clip).clamp(-1.0, 1.0)
 
 
-def _per_sample_mse(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    return (a.float() - b.float()).pow(2).flatten(1).mean(dim=1)
-
-
 def nft_loss(
     model_pred: torch.Tensor, old_pred: torch.Tensor, noise: torch.Tensor, optimality: torch.Tensor, strength: float
 ) -> torch.Tensor:
@@ -71,7 +68,7 @@ def nft_loss(
     positive = (1 - strength) * old + strength * model_pred.float()
     negative = (1 + strength) * old - strength * model_pred.float()
     r = optimality.to(model_pred.device, torch.float32)
-    return r * _per_sample_mse(positive, noise) + (1 - r) * _per_sample_mse(negative, noise)
+    return r * eps_mse(positive, noise) + (1 - r) * eps_mse(negative, noise)
 
 
 def nft_target(old_pred: torch.Tensor, noise: torch.Tensor, optimality: torch.Tensor, strength: float) -> torch.Tensor:
@@ -95,6 +92,15 @@ def _draw(generator: torch.Generator, n_images: int, timesteps: torch.Tensor, ro
     step = torch.randint(len(timesteps), (rows,), generator=generator)
     noise = torch.randn((rows, *shape), generator=generator)
     return image, timesteps[step], noise
+
+
+def _micro_batches(config, ranks) -> list[list[torch.Tensor]]:
+    """Per micro-batch of a step's ``p_batch × accum`` draws, this rank's chunks of it as row indices (chunked
+    as the clipped ratio's update chunks, ``dpok.rl.distributed.Ranks.chunks``)."""
+    p_batch = config.policy.p_batch
+    return [[torch.arange(micro * p_batch + chunk.start, micro * p_batch + chunk.stop)
+             for chunk in ranks.chunks(p_batch, config.runtime.update_batch_size)]
+            for micro in range(config.policy.accum)]
 
 
 def nft_update(
@@ -125,6 +131,7 @@ def nft_update(
     timesteps = scheduler.timesteps[first:stop].cpu()
     generator = stream_generator(config.seed, round_number, NFT_STREAM)
     rows = policy.p_batch * policy.accum
+    micro_batches = _micro_batches(config, ranks)
     alphas = scheduler.alphas_cumprod.cpu()
 
     def forward_inputs(draw_image, draw_t, noise, chunk):
@@ -145,24 +152,18 @@ def nft_update(
         with torch.no_grad():  # ε̄_old: the sampling policy's prediction, fixed for the round
             for _ in range(policy.p_step):
                 image, t, noise = _draw(generator, len(kept), timesteps, rows, x0.shape[1:])
-                old = []
-                for micro in range(policy.accum):
-                    batch = range(micro * policy.p_batch, (micro + 1) * policy.p_batch)
-                    for chunk in ranks.chunks(len(batch), config.runtime.update_batch_size):
-                        index = torch.arange(batch.start + chunk.start, batch.start + chunk.stop)
-                        old.append(predict(*forward_inputs(image, t, noise, index)).float())
+                old = [predict(*forward_inputs(image, t, noise, index)).float()
+                       for chunks in micro_batches for index in chunks]
                 steps.append(ForwardSamples(image, t, noise, old))
         for step_number, draws in enumerate(steps, start=1):
             run.optimizer.zero_grad(set_to_none=True)
             local = torch.zeros(3, device=device)  # [non-finite losses, nft loss, kl]
             old_chunks = iter(draws.old_pred)
-            for micro in range(policy.accum):
-                batch = range(micro * policy.p_batch, (micro + 1) * policy.p_batch)
+            for chunks in micro_batches:
                 accumulated = [p.grad for p in run.lora_params]
                 for p in run.lora_params:
                     p.grad = None
-                for chunk in ranks.chunks(len(batch), config.runtime.update_batch_size):
-                    index = torch.arange(batch.start + chunk.start, batch.start + chunk.stop)
+                for index in chunks:
                     x_t, t, c, u = forward_inputs(draws.image, draws.timesteps, draws.noise, index)
                     old = next(old_chunks)
                     model_pred = predict(x_t, t, c, u)
@@ -172,9 +173,9 @@ def nft_update(
                     if config.kl.weight > 0:
                         with torch.no_grad(), reference_model(context.unet):
                             reference = predict(x_t, t, c, u)
-                        kl = _per_sample_mse(model_pred, reference).mean()
+                        kl = eps_mse(model_pred, reference).mean()
                     total = loss + config.kl.weight * kl
-                    share = len(chunk) / len(batch)
+                    share = len(index) / policy.p_batch
                     local += torch.stack([(~torch.isfinite(total)).float(), loss.detach() * share,
                                           kl.detach() * share]).to(device)
                     if torch.isfinite(total):
@@ -188,7 +189,8 @@ def nft_update(
                 if agreed[0] > 0:
                     break
                 stats["policy_loss"].append(float(agreed[1]))
-                stats["kl_penalty"].append(float(agreed[2]) if config.kl.weight > 0 else nan)
+                if config.kl.weight > 0:
+                    stats["kl_penalty"].append(float(agreed[2]))
             problem = "non-finite loss" if agreed[0] > 0 else None
             if problem is None:
                 run.scaler.unscale_(run.optimizer)
@@ -205,9 +207,8 @@ def nft_update(
                 if ranks.is_main:
                     logger.warning("round %d, NFT step %d: %s; step skipped, LoRA unchanged", round_number,
                                    step_number, problem)
-    mean = lambda values: float(np.nanmean(values)) if values and not np.all(np.isnan(values)) else nan  # noqa: E731
-    result.update(policy_loss=mean(stats["policy_loss"]), kl_penalty=mean(stats["kl_penalty"]),
-                  grad_norm=mean(grad_norms), skipped_steps=skipped)
+    result.update(policy_loss=mean_or_nan(stats["policy_loss"]), kl_penalty=mean_or_nan(stats["kl_penalty"]),
+                  grad_norm=mean_or_nan(grad_norms), skipped_steps=skipped)
     return result
 
 
