@@ -91,7 +91,8 @@ for seed in "${SEED_LIST[@]}"; do
       git checkout -- "$FILE" "$PROMPTS_FILE"   # each experiment starts from the committed defaults
       echo "== $name ($(date -u +%H:%M:%S)): ${args[*]}"
       start=$SECONDS
-      dvc exp run -n "$name" "${args[@]}"
+      # Up to `evaluate`: the claims read its metrics; ShapesEval (the next stage) is not needed for them.
+      dvc exp run -n "$name" "${args[@]}" evaluate
       echo "== $name finished in $((SECONDS - start)) s"
     done
   done

@@ -316,11 +316,11 @@ def test_shell_script_runs_single_prompt_experiments_with_the_arms_overrides(san
                                    paper_claims.override_text(paper_claims.run_overrides(arm, "single", REGISTRY)).split())
     assert runs == [
         f"dvc exp run -n claims-rl-color-s0 {finetune}finetune.rl.seed=0 {finetune}finetune.rl.runtime.num_rounds=3 "
-        f"{settings('rl')}{prompts}prompts.path=data/01_raw/prompts/claims_color.csv",
+        f"{settings('rl')}{prompts}prompts.path=data/01_raw/prompts/claims_color.csv evaluate",
         f"dvc exp run -n claims-sft-count-s0 {finetune}finetune.rl.seed=0 {finetune}finetune.rl.runtime.num_rounds=3 "
-        f"{settings('sft')}{prompts}prompts.path=data/01_raw/prompts/claims_count.csv",
+        f"{settings('sft')}{prompts}prompts.path=data/01_raw/prompts/claims_count.csv evaluate",
         f"dvc exp run -n claims-rl-count-s0 {finetune}finetune.rl.seed=0 {finetune}finetune.rl.runtime.num_rounds=3 "
-        f"{settings('rl')}{prompts}prompts.path=data/01_raw/prompts/claims_count.csv",
+        f"{settings('rl')}{prompts}prompts.path=data/01_raw/prompts/claims_count.csv evaluate",
     ]
     # conf/shapes_single's settings, then the arm's: rl's β = 0 replaces the protocol's 0.1, sft keeps it
     assert f"{finetune}finetune.rl.kl.weight=0.0 " in runs[0] and "finetune.rl.kl.weight=0.1 " not in runs[0]
