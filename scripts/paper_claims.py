@@ -12,10 +12,14 @@ straight from its Git ref and the DVC cache: the evaluation's per-image scores o
 fine-tuned model (same prompts and noise), the finetune history (KL bound, training rewards) and the run's
 parameters, which must be the ones its name promises (the arm's overrides in scripts/claims_arms.yml, its
 seed, its prompt file): a mismatch is an error naming the experiment, the key, expected and found, before
-anything is written. Whatever has finished is used; runs not there yet are listed as such. Writes the JSON
-(every number, per run and per arm, and the verdicts), docs/results.md, and committed figures under
-docs/results/: the training reward curves (the paper's Figure 7) and a grid of the same seeds for base and
-each arm.
+anything is written. Each experiment is then archived in data/08_reporting/paper_claims_runs/<name>/ (its
+parameters, per-image scores, history and the images a grid shows; committed with the results), and the
+tables, verdicts and figures are computed from the archive: experiment refs stay in the clone that ran
+them, the archive travels with the repository, so a matrix can be run in parts, in several clones or
+sessions. Whatever has finished is used; runs not there yet are listed as such. Writes the JSON (every
+number, per run and per arm, and the verdicts), docs/results.md, and committed figures under docs/results/:
+training reward curves (the paper's Figure 7), the reward–KL trade-off, and grids of the same seeds for
+base and each arm.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import io
 import json
 import math
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -44,6 +49,7 @@ from dpok.evaluation.claims import (  # noqa: E402
     arm_table,
     claims,
     results_markdown,
+    reward_kl_tradeoff,
     training_curves,
 )
 
@@ -57,6 +63,10 @@ SHAPESEVAL = "data/01_raw/prompts/shapeseval.csv"
 # The single prompt's base solve rate closest to this: room to improve, and to get worse (over-optimisation).
 TARGET_SOLVE_RATE = 0.35
 SAMPLES = "data/07_model_output"
+# Every collected experiment is kept here (git-tracked): the results outlive the experiments' Git refs, which
+# a clone does not carry, so the matrix can span sessions and machines.
+RUNS_DIR = "data/08_reporting/paper_claims_runs"
+GRID_PROMPTS, GRID_SEEDS_SINGLE = 6, 3  # what a grid shows: six prompts (multi), a prompt's first seeds (single)
 KL_REPORTS = 5  # the KL bound of a run: mean of its last five reports
 _ABSENT = "<absent>"
 
@@ -230,13 +240,14 @@ def _arm_rank(arm: str) -> tuple[int, str]:
 def experiments(registry: dict) -> list[dict]:
     """Every claims experiment's ref, arm, category and seed (the newest ref when a name exists twice)."""
     refs = subprocess.run(
-        ["git", "for-each-ref", "--sort=creatordate", "--format=%(refname)", "refs/exps"],
+        ["git", "for-each-ref", "--sort=creatordate", "--format=%(refname) %(objectname)", "refs/exps"],
         cwd=ROOT, check=True, capture_output=True, text=True,
-    ).stdout.split()
+    ).stdout.splitlines()
     found = {}
-    for ref in refs:
+    for line in refs:
+        ref, commit = line.split()
         if (experiment := parse_experiment_name(ref.rsplit("/", 1)[-1], registry)) is not None:
-            found[experiment["name"]] = {**experiment, "ref": ref}
+            found[experiment["name"]] = {**experiment, "ref": ref, "commit": commit}
     return sorted(found.values(), key=lambda e: (e["protocol"], _arm_rank(e["arm"]), e["category"] or "", e["seed"]))
 
 
@@ -278,8 +289,74 @@ def load_run(experiment: dict, params: dict) -> dict:
     history = pd.read_csv(io.StringIO(_git_file(ref, "data/08_reporting/finetune_history.csv")))
     commit = subprocess.run(["git", "rev-parse", f"{ref}^"], cwd=ROOT, check=True, capture_output=True,
                             text=True).stdout.strip()
+    images = {}
+    for _, row in grid_rows(base, experiment["protocol"]).iterrows():
+        file = tuned.loc[(tuned["prompt"] == row["prompt"]) & (tuned["seed"] == row["seed"]), "file"].iloc[0]
+        images[f"pretrained_samples/{row['file']}"] = _dvc_bytes(ref, f"{SAMPLES}/pretrained_samples/{row['file']}")
+        images[f"finetuned_samples/{file}"] = _dvc_bytes(ref, f"{SAMPLES}/finetuned_samples/{file}")
+    rewards = (_git_file(ref, "data/08_reporting/finetune_rewards.csv") if experiment["arm"] == "sft" else None)
     return {**experiment, "base": base, "tuned": tuned, "history": history, "params": params["finetune"],
-            "prompts_path": params["prompts"]["path"], "reward_calls": reward_calls(params), "baseline": commit}
+            "recorded_params": params, "prompts_path": params["prompts"]["path"],
+            "reward_calls": reward_calls(params), "baseline": commit, "images": images, "sft_rewards": rewards}
+
+
+# --- the archive: one folder per collected experiment, what the tables, verdicts and figures need ------------
+
+def archive_run(run: dict, runs_dir: Path) -> Path:
+    """Write the run's folder (written beside, then swapped in: an interrupted write loses nothing)."""
+    target, scratch = runs_dir / run["name"], runs_dir / f".{run['name']}.partial"
+    shutil.rmtree(scratch, ignore_errors=True)
+    scratch.mkdir(parents=True)
+    meta = {key: run.get(key) for key in ("name", "arm", "category", "seed", "protocol", "commit", "baseline",
+                                          "reward_calls")}
+    (scratch / "run.json").write_text(json.dumps(meta, indent=2) + "\n")
+    params = run.get("recorded_params") or {"finetune": run["params"], "prompts": {"path": run["prompts_path"]}}
+    (scratch / "params.yml").write_text(yaml.safe_dump(params, sort_keys=False))
+    run["base"].to_csv(scratch / "pretrained_manifest.csv", index=False)
+    run["tuned"].to_csv(scratch / "finetuned_manifest.csv", index=False)
+    run["history"].to_csv(scratch / "finetune_history.csv", index=False)
+    if run.get("sft_rewards"):
+        (scratch / "finetune_rewards.csv").write_text(run["sft_rewards"])
+    for relative, data in (run.get("images") or {}).items():
+        (scratch / "images" / relative).parent.mkdir(parents=True, exist_ok=True)
+        (scratch / "images" / relative).write_bytes(data)
+    old = runs_dir / f".{run['name']}.old"
+    shutil.rmtree(old, ignore_errors=True)
+    if target.exists():
+        target.rename(old)
+    scratch.rename(target)
+    shutil.rmtree(old, ignore_errors=True)
+    return target
+
+
+def archived_commit(name: str, runs_dir: Path) -> str | None:
+    """The experiment commit an archived run was collected from (None when it is not archived)."""
+    meta = runs_dir / name / "run.json"
+    return json.loads(meta.read_text()).get("commit") if meta.exists() else None
+
+
+def archived_runs(runs_dir: Path, registry: dict) -> list[dict]:
+    """Every archived run, its parameters checked against its name (as for an experiment)."""
+    runs = []
+    for folder in sorted(p for p in runs_dir.glob("claims-*") if p.is_dir()):
+        meta = json.loads((folder / "run.json").read_text())
+        experiment = parse_experiment_name(folder.name, registry)
+        if experiment is None or meta.get("name") != folder.name:
+            raise ValueError(f"{folder}: not a claims run's folder (its run.json names {meta.get('name')!r})")
+        params = yaml.safe_load((folder / "params.yml").read_text())
+        check_params(experiment, params, registry)
+        images = {str(p.relative_to(folder / "images")): p.read_bytes() for p in (folder / "images").rglob("*")
+                  if p.is_file()}
+        rewards = folder / "finetune_rewards.csv"
+        runs.append({**experiment, "ref": None, "commit": meta.get("commit"),
+                     "base": pd.read_csv(folder / "pretrained_manifest.csv"),
+                     "tuned": pd.read_csv(folder / "finetuned_manifest.csv"),
+                     "history": pd.read_csv(folder / "finetune_history.csv"), "params": params["finetune"],
+                     "recorded_params": params, "prompts_path": params["prompts"]["path"],
+                     "reward_calls": meta.get("reward_calls") or reward_calls(params),
+                     "baseline": meta.get("baseline"), "images": images,
+                     "sft_rewards": rewards.read_text() if rewards.exists() else None})
+    return sorted(runs, key=lambda e: (e["protocol"], _arm_rank(e["arm"]), e["category"] or "", e["seed"]))
 
 
 def _run_columns(run: dict) -> dict:
@@ -322,44 +399,57 @@ def training_rows(run: dict) -> pd.DataFrame:
                          "trajectories": history["round"] * g_batch, "reward": history["reward_mean"]})
 
 
-def comparison_grid(runs: list[dict], prompts: int = 6, scale: int = 4):
-    """Rows: training prompts; columns: base and each arm's lowest seed, all at the first evaluation seed
-    (multi-prompt runs: every arm on the same prompts)."""
+def grid_rows(manifest: pd.DataFrame, protocol: str) -> pd.DataFrame:
+    """The base images a grid shows (and the archive keeps): a single-prompt run's first evaluation seeds;
+    a multi-prompt run's first seed of six training prompts, spread over the categories."""
+    train = manifest[manifest["split"] == "train"]
+    if protocol == "single":
+        return train.head(GRID_SEEDS_SINGLE)
+    first = train.groupby("prompt", sort=False).head(1)
+    first = first.assign(rank=first.groupby("category").cumcount()).sort_values(["rank", "category"])
+    return first.head(GRID_PROMPTS).drop(columns="rank")
+
+
+def comparison_grid(runs: list[dict], scale: int = 4):
+    """Rows: the grid images of each prompt (a single-prompt run's category, or the multi-prompt runs' six);
+    columns: base and each arm's lowest seed, all from the same noise. Empty where an arm has no run."""
     from PIL import Image, ImageDraw
 
-    first = {}
+    groups: dict[str | None, dict[str, dict]] = {}
     for run in runs:
+        first = groups.setdefault(run["category"], {})
         if run["arm"] not in first or run["seed"] < first[run["arm"]]["seed"]:
             first[run["arm"]] = run
-    columns = [("base", None)] + [(arm, first[arm]) for arm in sorted(first, key=_arm_rank)]
-    reference = next(iter(first.values()))
-    manifest = reference["base"]
-    train = manifest[manifest["split"] == "train"].groupby("prompt", sort=False).head(1)
-    # spread over the categories: each category's first prompt, then each one's second, ...
-    train = train.assign(rank=train.groupby("category").cumcount()).sort_values(["rank", "category"]).head(prompts)
-    tiles, label_height = [], 14
-    for _, row in train.iterrows():
-        tiles_row = []
-        for arm, run in columns:
-            if run is None:
-                data = _dvc_bytes(reference["ref"], f"{SAMPLES}/pretrained_samples/{row['file']}")
-            else:
+    arms = sorted({arm for first in groups.values() for arm in first}, key=_arm_rank)
+    rows = []  # (label, [image or None per column])
+    for category in sorted(groups, key=lambda c: c or ""):
+        first = groups[category]
+        reference = first[min(first, key=_arm_rank)]
+        for _, row in grid_rows(reference["base"], reference["protocol"]).iterrows():
+            cells = [reference["images"].get(f"pretrained_samples/{row['file']}")]
+            for arm in arms:
+                run = first.get(arm)
+                if run is None:
+                    cells.append(None)
+                    continue
                 tuned = run["tuned"]
-                file = tuned.loc[(tuned["prompt"] == row["prompt"]) & (tuned["seed"] == row["seed"]), "file"].iloc[0]
-                data = _dvc_bytes(run["ref"], f"{SAMPLES}/finetuned_samples/{file}")
-            image = Image.open(io.BytesIO(data)).convert("RGB")
-            tiles_row.append(image.resize((image.width * scale, image.height * scale), Image.NEAREST))
-        tiles.append((row["prompt"], tiles_row))
-    width, height = tiles[0][1][0].size
-    sheet = Image.new("RGB", (width * len(columns), label_height + len(tiles) * (height + label_height)), "white")
+                file = tuned.loc[(tuned["prompt"] == row["prompt"]) & (tuned["seed"] == row["seed"]), "file"]
+                cells.append(run["images"].get(f"finetuned_samples/{file.iloc[0]}") if len(file) else None)
+            rows.append((f"{row['prompt']} (seed {row['seed']})", cells))
+    sample = next(Image.open(io.BytesIO(c)) for _, cells in rows for c in cells if c is not None)
+    width, height = sample.width * scale, sample.height * scale
+    label_height, columns = 14, ["base", *arms]
+    sheet = Image.new("RGB", (width * len(columns), label_height + len(rows) * (height + label_height)), "white")
     draw = ImageDraw.Draw(sheet)
-    for c, (arm, _) in enumerate(columns):
-        draw.text((c * width + 2, 1), arm, fill="black")
-    for r, (prompt, row_tiles) in enumerate(tiles):
+    for c, name in enumerate(columns):
+        draw.text((c * width + 2, 1), name, fill="black")
+    for r, (label, cells) in enumerate(rows):
         top = label_height + r * (height + label_height)
-        draw.text((2, top + 1), prompt, fill="black")
-        for c, tile in enumerate(row_tiles):
-            sheet.paste(tile, (c * width, top + label_height))
+        draw.text((2, top + 1), label, fill="black")
+        for c, data in enumerate(cells):
+            if data is not None:
+                image = Image.open(io.BytesIO(data)).convert("RGB").resize((width, height), Image.NEAREST)
+                sheet.paste(image, (c * width, top + label_height))
     return sheet
 
 
@@ -442,15 +532,27 @@ def _tool_commands(args: argparse.Namespace, registry: dict) -> bool:
     return True
 
 
-def collect(args: argparse.Namespace, registry: dict) -> None:
-    found = experiments(registry)
-    if not found:
-        raise SystemExit("no experiment named claims-<arm>-s<seed> or claims-<arm>-<category>-s<seed> yet: run "
-                         "scripts/paper_claims.sh first")
+def collect_runs(args: argparse.Namespace, registry: dict) -> list[dict]:
+    """Archive every claims experiment not archived yet (or re-run since), then read back every archived run:
+    the experiments of this clone and those archived by earlier sessions. Every experiment's parameters are
+    checked before anything is written."""
+    runs_dir = ROOT / args.runs_dir
+    found = [e for e in experiments(registry) if e.get("commit") is None
+             or archived_commit(e["name"], runs_dir) != e["commit"]]
     params = {e["name"]: recorded_params(e) for e in found}
     for experiment in found:  # every name checked before any output is loaded or written
         check_params(experiment, params[experiment["name"]], registry)
-    runs = [load_run(e, params[e["name"]]) for e in found]
+    for experiment in found:
+        archive_run(load_run(experiment, params[experiment["name"]]), runs_dir)
+    runs = archived_runs(runs_dir, registry) if runs_dir.exists() else []
+    if not runs:
+        raise SystemExit("no experiment named claims-<arm>-s<seed> or claims-<arm>-<category>-s<seed> yet: run "
+                         "scripts/paper_claims.sh first")
+    return runs
+
+
+def collect(args: argparse.Namespace, registry: dict) -> None:
+    runs = collect_runs(args, registry)
     protocols = claim_protocols(runs)
     per_prompt = _concat([per_prompt_rows(r) for r in runs])
     kl = pd.DataFrame([kl_row(r) for r in runs])
@@ -464,12 +566,30 @@ def collect(args: argparse.Namespace, registry: dict) -> None:
 
     figures = ROOT / args.figures
     figures.mkdir(parents=True, exist_ok=True)
+    shown = []
+    single_runs = [r for r in runs if r["protocol"] == "single"]
+    single_training = _of_protocol(training, "single")
+    if not single_training.empty:
+        training_curves(single_training, by_category=True).save(figures / "single_prompt_reward_curves.png")
+        shown.append(("Training reward against reward calls per arm, one panel per category's single prompt "
+                      "(band: min–max over seeds; the paper's Figure 7 form).",
+                      f"{Path(args.figures).name}/single_prompt_reward_curves.png"))
+    rl_single = _of_protocol(kl, "single")
+    if not rl_single.empty and len(set(rl_single["arm"]) - {"sft"}) >= 2:
+        reward_kl_tradeoff(_of_protocol(per_prompt, "single"), rl_single).save(figures / "reward_kl_tradeoff.png")
+        shown.append(("Alignment gain against the KL bound, every single-prompt run (the paper's KL ablation; "
+                      "β = 0 for RL without KL, 0.1 for the KL arms, other β from the rl_kl_b<β> arms).",
+                      f"{Path(args.figures).name}/reward_kl_tradeoff.png"))
+    if single_runs:
+        comparison_grid(single_runs).save(figures / "single_prompt_grid.png")
+        shown.append(("The same noise for every model: each category's prompt at its first evaluation seeds, base "
+                      "then each arm's lowest seed (single-prompt runs).",
+                      f"{Path(args.figures).name}/single_prompt_grid.png"))
     multi_runs = [r for r in runs if r["protocol"] == "multi"]
-    rewards = [pd.read_csv(io.StringIO(_git_file(r["ref"], "data/08_reporting/finetune_rewards.csv")))["reward"].mean()
-               for r in multi_runs if r["arm"] == "sft"]
+    rewards = [pd.read_csv(io.StringIO(r["sft_rewards"]))["reward"].mean()
+               for r in multi_runs if r["arm"] == "sft" and r.get("sft_rewards")]
     base_reward = float(np.mean(rewards)) if rewards else None
     multi_training = _of_protocol(training, "multi")
-    shown = []
     if not multi_training.empty:
         training_curves(multi_training, base_reward).save(figures / "training_reward_curves.png")
         shown.append(("Training reward against trajectories sampled, per DPOK arm, multi-prompt runs (the paper's "
@@ -523,6 +643,7 @@ def main() -> None:
     parser.add_argument("--out-json", default="data/08_reporting/paper_claims.json")
     parser.add_argument("--docs", default="docs/results.md")
     parser.add_argument("--figures", default="docs/results")
+    parser.add_argument("--runs-dir", default=RUNS_DIR, help="the archive of collected runs (git-tracked)")
     parser.add_argument("--resamples", type=int, default=2000)
     tools = parser.add_mutually_exclusive_group()
     tools.add_argument("--arm-overrides", metavar="ARM", help="print the arm's `key=value` overrides and exit")

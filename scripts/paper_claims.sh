@@ -14,7 +14,8 @@
 # has the default settings (and the protocol's) plus the arm's overrides (scripts/claims_arms.yml, the one
 # table that scripts/paper_claims.py also checks the collected experiments against) and ROUNDS × g_batch
 # trajectories (reward calls). An experiment is kept (DVC stores its parameters, code, metrics and outputs)
-# as soon as it finishes, so the matrix can run in parts: names already in `dvc exp list` are skipped.
+# as soon as it finishes, so the matrix can run in parts: names already in `dvc exp list`, or archived by
+# `python scripts/paper_claims.py` in data/08_reporting/paper_claims_runs/ (committed), are skipped.
 # One arm × seed by hand:
 #   dvc exp run -n claims-rl-s0 -S conf/base/parameters_finetune.yml:finetune.rl.seed=0 \
 #     -S conf/base/parameters_finetune.yml:finetune.rl.runtime.num_rounds=25 \
@@ -84,7 +85,10 @@ for seed in "${SEED_LIST[@]}"; do
   for category in "${UNITS[@]}"; do
     for arm in "${ARMS[@]}"; do
       name="claims-${arm}${category:+-$category}-s${seed}"
-      if grep -qx "$name" <<< "$done_names"; then echo "$name: done, skipped"; continue; fi
+      # Done: an experiment of this clone, or a run archived by scripts/paper_claims.py (an earlier session's).
+      if grep -qx "$name" <<< "$done_names" || [ -f "data/08_reporting/paper_claims_runs/$name/run.json" ]; then
+        echo "$name: done, skipped"; continue
+      fi
       args=(-S "$FILE:finetune.rl.seed=$seed" -S "$FILE:finetune.rl.runtime.num_rounds=$ROUNDS")
       for kv in ${OVERRIDES[$arm]}; do args+=(-S "$FILE:$kv"); done
       [ -z "$category" ] || args+=(-S "$PROMPTS_FILE:prompts.path=${PROMPT_FILE[$category]}")

@@ -220,7 +220,8 @@ def _collect(tmp_path, monkeypatch, names: list[str], params: dict | None = None
     monkeypatch.setattr(paper_claims, "_git_file", lambda ref, path: "reward\n0.4\n0.5\n")
     monkeypatch.setattr(paper_claims, "comparison_grid", lambda runs: Image.new("RGB", (4, 4)))
     args = argparse.Namespace(out_json=str(tmp_path / "claims.json"), docs=str(tmp_path / "results.md"),
-                              figures=str(tmp_path / "figures"), resamples=50)
+                              figures=str(tmp_path / "figures"), resamples=50,
+                              runs_dir=str(tmp_path / "runs"))
     paper_claims.collect(args, REGISTRY)
     return json.loads((tmp_path / "claims.json").read_text())
 
@@ -257,6 +258,78 @@ def test_collector_refuses_a_run_whose_parameters_disagree_and_writes_nothing(tm
     assert not any(tmp_path.iterdir())
 
 
+def _png(colour: tuple[int, int, int]) -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 8), colour).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _with_images(run: dict) -> dict:
+    """A fake run with the images its grid shows (base grey, fine-tuned coloured by arm)."""
+    colour = (40 * (1 + paper_claims._arm_rank(run["arm"])[0]), 0, 0)
+    images = {}
+    for _, row in paper_claims.grid_rows(run["base"], run["protocol"]).iterrows():
+        images[f"pretrained_samples/{row['file']}"] = _png((128, 128, 128))
+        images[f"finetuned_samples/{row['file']}"] = _png(colour)
+    return {**run, "images": images, "commit": "c0ffee", "sft_rewards": "reward\n0.4\n" if run["arm"] == "sft" else None}
+
+
+def test_archive_round_trip_keeps_what_the_results_need(tmp_path):
+    run = _with_images(_fake_run("claims-sft-count-s1"))
+    paper_claims.archive_run(run, tmp_path)
+    assert paper_claims.archived_commit("claims-sft-count-s1", tmp_path) == "c0ffee"
+    assert paper_claims.archived_commit("claims-rl-count-s1", tmp_path) is None
+    (back,) = paper_claims.archived_runs(tmp_path, REGISTRY)
+    pd.testing.assert_frame_equal(back["base"], run["base"], check_dtype=False)
+    pd.testing.assert_frame_equal(back["tuned"], run["tuned"], check_dtype=False)
+    pd.testing.assert_frame_equal(back["history"], run["history"], check_dtype=False)
+    assert back["images"] == run["images"] and len(back["images"]) == 2 * paper_claims.GRID_SEEDS_SINGLE
+    assert back["params"] == run["params"] and back["prompts_path"] == run["prompts_path"]
+    assert (back["arm"], back["category"], back["seed"], back["reward_calls"]) == ("sft", "count", 1, 800)
+    assert back["sft_rewards"] == "reward\n0.4\n" and not list(tmp_path.glob(".*"))  # no scratch folder left
+    pd.testing.assert_frame_equal(paper_claims.per_prompt_rows(back), paper_claims.per_prompt_rows(run))
+
+
+def test_an_archived_run_whose_parameters_disagree_with_its_name_is_refused(tmp_path):
+    paper_claims.archive_run(_fake_run("claims-rl-color-s0"), tmp_path)
+    params = tmp_path / "claims-rl-color-s0" / "params.yml"
+    params.write_text(params.read_text().replace("weight: 0.0", "weight: 0.5", 1))
+    with pytest.raises(ValueError, match=r"claims-rl-color-s0: finetune.rl.kl.weight expected 0.0"):
+        paper_claims.archived_runs(tmp_path, REGISTRY)
+
+
+def test_the_collector_reads_the_archive_when_the_experiments_are_gone(tmp_path, monkeypatch):
+    names = [f"claims-{arm}-{c}-s{seed}" for arm in ("sft", "rl", "rl_kl", "rl_kl_v") for c in ("color", "count")
+             for seed in (0, 1)]
+    first = _collect(tmp_path, monkeypatch, names)
+    monkeypatch.setattr(paper_claims, "experiments", lambda registry: [])  # another clone: no refs
+    monkeypatch.setattr(paper_claims, "load_run", lambda e, p: pytest.fail("nothing to load: all archived"))
+    args = argparse.Namespace(out_json=str(tmp_path / "again.json"), docs=str(tmp_path / "again.md"),
+                              figures=str(tmp_path / "figures"), resamples=50, runs_dir=str(tmp_path / "runs"))
+    paper_claims.collect(args, REGISTRY)
+    again = json.loads((tmp_path / "again.json").read_text())
+    assert again["claims"] == first["claims"] and again["runs_per_arm"] == first["runs_per_arm"]
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == sorted(names)
+    for figure in ("single_prompt_reward_curves.png", "reward_kl_tradeoff.png"):
+        assert Image.open(tmp_path / "figures" / figure).size[0] > 400
+    assert "reward_kl_tradeoff.png" in (tmp_path / "again.md").read_text()
+
+
+def test_single_prompt_grid_puts_every_arm_on_the_base_models_noise():
+    runs = [_with_images(_fake_run(n)) for n in ("claims-rl-color-s1", "claims-rl-color-s0", "claims-sft-color-s0",
+                                                 "claims-rl-count-s0")]
+    sheet = paper_claims.comparison_grid(runs, scale=2)
+    rows = 2 * paper_claims.GRID_SEEDS_SINGLE  # color's and count's first seeds
+    assert sheet.size == (3 * 16, 14 + rows * (16 + 14))  # columns: base, sft, rl
+    top = 14 + 14  # first image row
+    assert sheet.getpixel((8, top + 8)) == (128, 128, 128)  # base
+    assert sheet.getpixel((16 + 8, top + 8)) == (40, 0, 0) and sheet.getpixel((32 + 8, top + 8)) == (80, 0, 0)
+    count_top = 14 + paper_claims.GRID_SEEDS_SINGLE * 30 + 14
+    assert sheet.getpixel((16 + 8, count_top + 8)) == (255, 255, 255)  # count has no sft run: left empty
+
+
 # --- the shell script, in a sandbox -----------------------------------------------------------------------
 
 @pytest.fixture
@@ -274,6 +347,9 @@ def sandbox(tmp_path):
     shapeseval.to_csv(tmp_path / "data/01_raw/prompts/shapeseval.csv", index=False)
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
+    archived = tmp_path / "data/08_reporting/paper_claims_runs/claims-rl-count-s1"  # an earlier session's run
+    archived.mkdir(parents=True)
+    (archived / "run.json").write_text("{}")
     for tool, reply in (("git", ""), ("dvc", "claims-sft-color-s0")):
         stub = bin_dir / tool
         stub.write_text(f'#!/bin/sh\necho "{tool} $*" >> "{tmp_path}/calls.log"\n'
@@ -334,3 +410,11 @@ def test_shell_script_multi_prompt_names_are_unchanged(sandbox):
     runs = [c.split(" -S ")[0] for c in _calls(sandbox) if c.startswith("dvc exp run")]
     assert runs == ["dvc exp run -n claims-rl_kl_v-s4", "dvc exp run -n claims-rl_kl_b0.1-s4"]
     assert not list((sandbox / "data/01_raw/prompts").glob("claims_*.csv"))
+
+
+def test_shell_script_skips_a_run_archived_by_an_earlier_session(sandbox):
+    result = _run_script(sandbox, "rl", "sft", PROTOCOL="single", SEEDS="1", CATEGORIES="count", ROUNDS="3")
+    assert result.returncode == 0, result.stderr
+    assert "claims-rl-count-s1: done, skipped" in result.stdout
+    assert [c.split(" -S ")[0] for c in _calls(sandbox) if c.startswith("dvc exp run")] == [
+        "dvc exp run -n claims-sft-count-s1"]

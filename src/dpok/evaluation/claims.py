@@ -450,16 +450,18 @@ def claims(per_prompt: pd.DataFrame, kl: pd.DataFrame, training: pd.DataFrame, s
     ]
 
 
-def training_curves(training: pd.DataFrame, base_reward: float | None = None, window: int = 5) -> Image.Image:
-    """Figure-7 style: training reward against trajectories sampled (running mean over ``window`` rounds),
-    mean over seeds with a min–max band, one line per DPOK arm."""
-    import matplotlib
-
-    matplotlib.use("Agg")
+def _figure_image(figure) -> Image.Image:
     import matplotlib.pyplot as plt
 
-    figure, axis = plt.subplots(figsize=(7, 4.2), dpi=110)
-    for arm in [a for a in ARMS if a in set(training["arm"])]:
+    figure.tight_layout()
+    figure.canvas.draw()
+    image = Image.frombuffer("RGBA", figure.canvas.get_width_height(), figure.canvas.buffer_rgba()).convert("RGB")
+    plt.close(figure)
+    return image
+
+
+def _reward_panel(axis, training: pd.DataFrame, window: int) -> None:
+    for arm in _arms_in_order(set(training["arm"])):
         runs = []
         for _, run in training[training["arm"] == arm].groupby("seed"):
             run = run.sort_values("trajectories")
@@ -468,18 +470,64 @@ def training_curves(training: pd.DataFrame, base_reward: float | None = None, wi
         x = curves.index.to_numpy()
         axis.plot(x, curves.mean(axis=1), label=f"{arm_label(arm)} ({curves.shape[1]} seeds)")
         axis.fill_between(x, curves.min(axis=1), curves.max(axis=1), alpha=0.18)
-    if base_reward is not None:
-        axis.axhline(base_reward, color="grey", linestyle="--", linewidth=1, label="base model (SFT's samples)")
-    axis.set_xlabel("trajectories sampled")
-    axis.set_ylabel(f"training reward (running mean of {window} rounds)")
-    axis.set_title("Training reward against samples (band: min–max over seeds)")
-    axis.legend(fontsize=8, loc="lower right")
+    axis.set_xlabel("trajectories sampled (reward calls)")
     axis.grid(alpha=0.3)
-    figure.tight_layout()
-    figure.canvas.draw()
-    image = Image.frombuffer("RGBA", figure.canvas.get_width_height(), figure.canvas.buffer_rgba()).convert("RGB")
-    plt.close(figure)
-    return image
+
+
+def training_curves(training: pd.DataFrame, base_reward: float | None = None, window: int = 5,
+                    by_category: bool = False) -> Image.Image:
+    """Figure-7 style: training reward against trajectories sampled (running mean over ``window`` rounds),
+    mean over seeds with a min–max band, one line per arm; ``by_category``: one panel per category (the
+    single-prompt runs, whose prompts start from different rewards)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = sorted(set(training["category"].dropna())) if by_category else [None]
+    figure, axes = plt.subplots(1, len(panels), figsize=(7 if len(panels) == 1 else 4.2 * len(panels), 4.2),
+                                dpi=110, squeeze=False, sharey=True)
+    for axis, category in zip(axes[0], panels):
+        _reward_panel(axis, training if category is None else training[training["category"] == category], window)
+        axis.set_title(f"{category} prompt" if category else "Training reward against samples (band: min–max "
+                       "over seeds)", fontsize=9)
+    if base_reward is not None:
+        axes[0][0].axhline(base_reward, color="grey", linestyle="--", linewidth=1, label="base model (SFT's samples)")
+    axes[0][0].set_ylabel(f"training reward (running mean of {window} rounds)")
+    axes[0][-1].legend(fontsize=7, loc="lower right")
+    return _figure_image(figure)
+
+
+def reward_kl_tradeoff(per_prompt: pd.DataFrame, kl: pd.DataFrame) -> Image.Image:
+    """The paper's KL ablation: each run's alignment gain (Δ judge, evaluation seeds) against how far it moved
+    from the base model (the KL bound at its end), one colour per arm (β), one marker per category."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    gains = (_with_deltas(per_prompt).groupby(["arm", "category", "seed"], dropna=False)["judge_delta"].mean()
+             .reset_index())
+    points = gains.merge(kl[["arm", "category", "seed", "kl_bound_nats"]], on=["arm", "category", "seed"])
+    markers = dict(zip(sorted(set(points["category"].dropna())), "osD^v<>"))
+    figure, axis = plt.subplots(figsize=(7, 4.2), dpi=110)
+    for index, arm in enumerate(_arms_in_order(set(points["arm"]) - {"sft"})):
+        part, colour = points[points["arm"] == arm], f"C{index}"
+        for category, rows in part.groupby("category", dropna=False):
+            axis.scatter(rows["kl_bound_nats"], rows["judge_delta"], color=colour, alpha=0.55, s=22,
+                         marker=markers.get(category, "o"))
+        axis.errorbar(part["kl_bound_nats"].mean(), part["judge_delta"].mean(), fmt="*", color=colour,
+                      markersize=13, markeredgecolor="black", label=f"{arm_label(arm)} (mean of {len(part)} runs)")
+    for category, marker in markers.items():
+        axis.scatter([], [], color="grey", marker=marker, label=f"{category} prompt")
+    axis.set_xscale("symlog", linthresh=10)
+    axis.set_xlabel("KL bound at the end of the run (nats, symlog)")
+    axis.set_ylabel("Δ judge, fine-tuned − base (evaluation seeds)")
+    axis.set_title("Alignment gain against distance from the base model, per run", fontsize=9)
+    axis.axhline(0, color="grey", linewidth=0.8)
+    axis.legend(fontsize=7, loc="best")
+    axis.grid(alpha=0.3)
+    return _figure_image(figure)
 
 
 def _verdict_rows(verdicts: list[dict]) -> list[str]:
@@ -542,5 +590,6 @@ __all__ = [
     "NOT_DECIDED", "NOT_RUN", "POWER", "REFUTED", "SUPPORTED", "Decision", "Interval", "arm_label", "arm_table",
     "claim_kl_prevents_overoptimisation", "claim_rl_beats_sft", "claim_value_function_is_sample_efficient",
     "claims", "compare", "conjunction", "decide", "difference", "difference_draws", "interval",
-    "minimum_detectable_effect", "power_seeds", "results_markdown", "training_curves", "verdict_from_intervals",
+    "minimum_detectable_effect", "power_seeds", "results_markdown", "reward_kl_tradeoff", "training_curves",
+    "verdict_from_intervals",
 ]
