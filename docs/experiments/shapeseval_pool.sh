@@ -33,6 +33,9 @@ declare -A ARMS=(
   [g8sel_bf16]="$G8SEL,finetune.rl.runtime.precision=bf16"
   # twice the prompts in every round and policy step (8 prompts x 8 trajectories), half the rounds: the same 1,920 calls
   [g8sel_p8]="finetune.rl.rollout.g_batch=64,finetune.rl.rollout.trajectories_per_prompt=8,finetune.rl.runtime.num_rounds=30,prompts.path=data/01_raw/prompts/shapeseval_pool_selected.csv"
+  # one category's part of the rule-chosen pool (26 location prompts): does the update learn a skill from many prompts
+  # of one kind and carry it to the category's unseen test prompts? (g8sel's settings otherwise)
+  [g8sel_location]="finetune.rl.rollout.g_batch=32,finetune.rl.rollout.trajectories_per_prompt=8,finetune.rl.runtime.num_rounds=60,prompts.path=data/01_raw/prompts/shapeseval_pool_selected_location.csv"
   [v4sel_lr3]="$V4,prompts.path=data/01_raw/prompts/shapeseval_pool_selected.csv,finetune.rl.policy.learning_rate=0.003"
 )
 # One thread by default: a second torch process on the same cores then slows neither by spin-waiting.
@@ -52,6 +55,8 @@ rates = pd.read_csv("data/08_reporting/headroom_candidates.csv").set_index("prom
 chosen = pool[pool["prompt"].map(rates).between(0.05, 0.95)]
 chosen[["prompt", "category", "split"]].to_csv("data/01_raw/prompts/shapeseval_pool_selected.csv", index=False)
 print("selected pool:", chosen.groupby(["split", "category"]).size().to_dict())
+for category, part in chosen.groupby("category"):  # one category's share, for the per-category arms
+    part[["prompt", "category", "split"]].to_csv(f"data/01_raw/prompts/shapeseval_pool_selected_{category}.csv", index=False)
 PY
 arms=("$@")
 [ ${#arms[@]} -gt 0 ] || arms=(default groups8)
