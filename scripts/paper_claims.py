@@ -66,7 +66,8 @@ SAMPLES = "data/07_model_output"
 # Every collected experiment is kept here (git-tracked): the results outlive the experiments' Git refs, which
 # a clone does not carry, so the matrix can span sessions and machines.
 RUNS_DIR = "data/08_reporting/paper_claims_runs"
-GRID_PROMPTS, GRID_SEEDS_SINGLE = 6, 3  # what a grid shows: six prompts (multi), a prompt's first seeds (single)
+GRID_PROMPTS, GRID_SEEDS_SINGLE = 6, 3
+TIMING = "data/08_reporting/paper_claims_timing.csv"  # scripts/paper_claims.sh: seconds per finished experiment  # what a grid shows: six prompts (multi), a prompt's first seeds (single)
 KL_REPORTS = 5  # the KL bound of a run: mean of its last five reports
 _ABSENT = "<absent>"
 
@@ -499,6 +500,18 @@ def missing_experiments(runs: list[dict]) -> list[str]:
     return [name for name in wanted if name not in names]
 
 
+def matrix_compute(runs: list[dict], timing: Path) -> dict:
+    """What the collected runs cost, from the shell script's timing file: wall seconds × threads of each run
+    (the last line of a name that ran twice)."""
+    names = {r["name"] for r in runs}
+    table = pd.read_csv(timing) if timing.exists() else pd.DataFrame(columns=["name", "seconds", "threads", "cpu"])
+    table = table[table["name"].isin(names)].drop_duplicates("name", keep="last")
+    return {"runs_timed": len(table), "runs": len(names),
+            "cpu_hours": float((table["seconds"] * table["threads"]).sum() / 3600),
+            "threads": sorted({str(t) for t in table["threads"]}), "cpus": sorted({str(c) for c in table["cpu"]}),
+            "seconds_per_run": {row.name: float(row.seconds) for row in table.itertuples()}}
+
+
 def _concat(frames: list[pd.DataFrame]) -> pd.DataFrame:
     frames = [f for f in frames if not f.empty]
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
@@ -605,6 +618,7 @@ def collect(args: argparse.Namespace, registry: dict) -> None:
                             "sft": r["params"].get("sft"), "kl_bound_nats": kl_bound(r),
                             "sample_budget_per_run": r["reward_calls"]} for r in runs}
     budget = sorted({r["reward_calls"] for r in runs})
+    compute = matrix_compute(runs, ROOT / args.timing)
     result = {
         "experiments": settings,
         "runs_per_arm": runs_per_arm(runs),
@@ -613,6 +627,7 @@ def collect(args: argparse.Namespace, registry: dict) -> None:
         "arms_heldout": {arm: _interval_dict(row) for arm, row in heldout.iterrows()},
         "arms_single_prompt": {arm: _interval_dict(row) for arm, row in single.iterrows()},
         "claims": verdicts,
+        "compute": compute,
         "missing": missing_experiments(runs),
     }
     out = ROOT / args.out_json
@@ -631,6 +646,9 @@ def collect(args: argparse.Namespace, registry: dict) -> None:
         "`PROTOCOL=single|multi`, `SEEDS`, `CATEGORIES`, `ROUNDS`, `THREADS` set the matrix), or one arm and seed, "
         "e.g. `SEEDS=0 scripts/paper_claims.sh sft`; then `python scripts/paper_claims.py` rewrites this page. "
         "`dvc exp show` lists the experiments with their parameters and metrics."
+        + (f" Compute: {compute['cpu_hours']:.1f} CPU-hours for the {compute['runs_timed']} runs timed "
+           f"(`{args.timing}`; {', '.join(compute['threads'])} thread(s) a run, {', '.join(compute['cpus'])})."
+           if compute["runs_timed"] else "")
     )
     (ROOT / args.docs).write_text(results_markdown(table, verdicts, heldout, intro, tuple(shown), single=single))
     for v in verdicts:
@@ -644,6 +662,7 @@ def main() -> None:
     parser.add_argument("--docs", default="docs/results.md")
     parser.add_argument("--figures", default="docs/results")
     parser.add_argument("--runs-dir", default=RUNS_DIR, help="the archive of collected runs (git-tracked)")
+    parser.add_argument("--timing", default=TIMING, help="seconds per experiment, written by paper_claims.sh")
     parser.add_argument("--resamples", type=int, default=2000)
     tools = parser.add_mutually_exclusive_group()
     tools.add_argument("--arm-overrides", metavar="ARM", help="print the arm's `key=value` overrides and exit")

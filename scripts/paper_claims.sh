@@ -38,6 +38,8 @@ PROTOCOL="${PROTOCOL:-multi}"
 CATEGORIES="${CATEGORIES-color count composition location}"
 ARMS=("$@")
 [ ${#ARMS[@]} -gt 0 ] || ARMS=(sft rl rl_kl rl_kl_v)
+TIMING=data/08_reporting/paper_claims_timing.csv
+CPU=$(lscpu 2>/dev/null | sed -n 's/^Model name: *//p' | head -1 | tr -d '"')
 FILE=conf/base/parameters_finetune.yml
 PROMPTS_FILE=conf/base/parameters_prompts.yml
 
@@ -98,6 +100,9 @@ for seed in "${SEED_LIST[@]}"; do
       # Up to `evaluate`: the claims read its metrics; ShapesEval (the next stage) is not needed for them.
       dvc exp run -n "$name" "${args[@]}" evaluate
       echo "== $name finished in $((SECONDS - start)) s"
+      # What the matrix costs (docs/results.md states the total): one line per finished experiment.
+      [ -f "$TIMING" ] || echo "name,seconds,threads,cpu,finished" > "$TIMING"
+      echo "$name,$((SECONDS - start)),${THREADS:-1},\"$CPU\",$(date -u +%FT%TZ)" >> "$TIMING"
     done
   done
 done

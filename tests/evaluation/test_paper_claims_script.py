@@ -221,7 +221,7 @@ def _collect(tmp_path, monkeypatch, names: list[str], params: dict | None = None
     monkeypatch.setattr(paper_claims, "comparison_grid", lambda runs: Image.new("RGB", (4, 4)))
     args = argparse.Namespace(out_json=str(tmp_path / "claims.json"), docs=str(tmp_path / "results.md"),
                               figures=str(tmp_path / "figures"), resamples=50,
-                              runs_dir=str(tmp_path / "runs"))
+                              runs_dir=str(tmp_path / "runs"), timing=str(tmp_path / "timing.csv"))
     paper_claims.collect(args, REGISTRY)
     return json.loads((tmp_path / "claims.json").read_text())
 
@@ -303,11 +303,16 @@ def test_an_archived_run_whose_parameters_disagree_with_its_name_is_refused(tmp_
 def test_the_collector_reads_the_archive_when_the_experiments_are_gone(tmp_path, monkeypatch):
     names = [f"claims-{arm}-{c}-s{seed}" for arm in ("sft", "rl", "rl_kl", "rl_kl_v") for c in ("color", "count")
              for seed in (0, 1)]
+    (tmp_path / "timing.csv").write_text("name,seconds,threads,cpu,finished\nclaims-rl-color-s0,100,1,\"AMD EPYC\",t\n"
+                                         "claims-rl-color-s0,1800,2,\"AMD EPYC\",t\nclaims-other-s0,99,1,x,t\n")
     first = _collect(tmp_path, monkeypatch, names)
+    assert first["compute"] == {"runs_timed": 1, "runs": 16, "cpu_hours": 1.0, "threads": ["2"], "cpus": ["AMD EPYC"],
+                                "seconds_per_run": {"claims-rl-color-s0": 1800.0}}
     monkeypatch.setattr(paper_claims, "experiments", lambda registry: [])  # another clone: no refs
     monkeypatch.setattr(paper_claims, "load_run", lambda e, p: pytest.fail("nothing to load: all archived"))
     args = argparse.Namespace(out_json=str(tmp_path / "again.json"), docs=str(tmp_path / "again.md"),
-                              figures=str(tmp_path / "figures"), resamples=50, runs_dir=str(tmp_path / "runs"))
+                              figures=str(tmp_path / "figures"), resamples=50, runs_dir=str(tmp_path / "runs"),
+                              timing=str(tmp_path / "timing.csv"))
     paper_claims.collect(args, REGISTRY)
     again = json.loads((tmp_path / "again.json").read_text())
     assert again["claims"] == first["claims"] and again["runs_per_arm"] == first["runs_per_arm"]
@@ -416,5 +421,7 @@ def test_shell_script_skips_a_run_archived_by_an_earlier_session(sandbox):
     result = _run_script(sandbox, "rl", "sft", PROTOCOL="single", SEEDS="1", CATEGORIES="count", ROUNDS="3")
     assert result.returncode == 0, result.stderr
     assert "claims-rl-count-s1: done, skipped" in result.stdout
+    timing = (sandbox / "data/08_reporting/paper_claims_timing.csv").read_text().splitlines()
+    assert timing[0] == "name,seconds,threads,cpu,finished" and timing[1].startswith("claims-sft-count-s1,0,1,")
     assert [c.split(" -S ")[0] for c in _calls(sandbox) if c.startswith("dvc exp run")] == [
         "dvc exp run -n claims-sft-count-s1"]
