@@ -97,18 +97,25 @@ def arm_overrides(arm: str, registry: dict) -> dict[str, Any]:
 
 
 SINGLE_PROMPT_ENV = ROOT / "conf" / "shapes_single" / "parameters_finetune.yml"
+# The parameter files of conf/base an experiment's overrides go to, by top-level key (paper_claims.sh's -S).
+PARAMETER_FILES = {"finetune": "conf/base/parameters_finetune.yml", "prompts": "conf/base/parameters_prompts.yml",
+                   "pretrained_samples": "conf/base/parameters_pretrained_samples.yml"}
 
 
 def protocol_overrides(protocol: str, env_file: Path = SINGLE_PROMPT_ENV) -> dict[str, Any]:
     """What a protocol sets besides the arm: nothing for ``multi`` (the defaults), and for ``single`` the
-    paper's single-prompt settings of ``conf/shapes_single`` (their one home), read from that file: its
-    ``finetune.rl`` and ``finetune.probe`` keys (its output folders stay its own)."""
+    paper's single-prompt settings of ``conf/shapes_single`` (their one home), read from its files: the
+    ``finetune.rl`` and ``finetune.probe`` keys (its output folders stay its own) and the evaluation's
+    ``pretrained_samples`` keys (images per prompt)."""
     if protocol == "multi":
         return {}
     if protocol != "single":
         raise ValueError(f"unknown protocol '{protocol}' (single, multi)")
     finetune = yaml.safe_load(env_file.read_text())["finetune"]
-    return {**flatten(finetune.get("probe") or {}, "finetune.probe."), **flatten(finetune["rl"], "finetune.rl.")}
+    samples_file = env_file.with_name("parameters_pretrained_samples.yml")
+    samples = yaml.safe_load(samples_file.read_text())["pretrained_samples"] if samples_file.exists() else {}
+    return {**flatten(finetune.get("probe") or {}, "finetune.probe."), **flatten(finetune["rl"], "finetune.rl."),
+            **flatten(samples, "pretrained_samples.")}
 
 
 def run_overrides(arm: str, protocol: str, registry: dict) -> dict[str, Any]:
@@ -221,8 +228,8 @@ def _same(found: Any, expected: Any) -> bool:
 
 
 def check_params(experiment: dict, params: dict, registry: dict) -> None:
-    """ValueError naming the experiment, the key, expected and found when the recorded parameters (``finetune``
-    and ``prompts`` blocks) are not the ones its name promises; a multi-prompt run must not be on a
+    """ValueError naming the experiment, the key, expected and found when the recorded parameters (``finetune``,
+    ``prompts`` and ``pretrained_samples`` blocks) are not the ones its name promises; a multi-prompt run must not be on a
     single-prompt file."""
     for key, expected in expected_params(experiment, registry).items():
         if not _same(found := _lookup(params, key), expected):
@@ -265,10 +272,8 @@ def _dvc_bytes(ref: str, path: str) -> bytes:
 
 
 def recorded_params(experiment: dict) -> dict:
-    """The ``finetune`` and ``prompts`` parameter blocks the experiment ran with."""
-    ref = experiment["ref"]
-    return {**yaml.safe_load(_git_file(ref, "conf/base/parameters_finetune.yml")),
-            **yaml.safe_load(_git_file(ref, "conf/base/parameters_prompts.yml"))}
+    """The parameter blocks the experiment ran with (``finetune``, ``prompts``, ``pretrained_samples``)."""
+    return {key: yaml.safe_load(_git_file(experiment["ref"], path))[key] for key, path in PARAMETER_FILES.items()}
 
 
 def _rl_setting(rl: dict, block: str, key: str) -> Any:

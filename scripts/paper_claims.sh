@@ -42,6 +42,7 @@ TIMING=data/08_reporting/paper_claims_timing.csv
 CPU=$(lscpu 2>/dev/null | sed -n 's/^Model name: *//p' | head -1 | tr -d '"')
 FILE=conf/base/parameters_finetune.yml
 PROMPTS_FILE=conf/base/parameters_prompts.yml
+SAMPLES_FILE=conf/base/parameters_pretrained_samples.yml
 
 fail() { echo "paper_claims.sh: $*" >&2; exit 1; }
 
@@ -59,6 +60,9 @@ done
 declare -A OVERRIDES PROMPT_FILE
 for arm in "${ARMS[@]}"; do   # scripts/claims_arms.yml through the collector: one table for both
   OVERRIDES[$arm]=$(python scripts/paper_claims.py --arm-overrides "$arm" --protocol "$PROTOCOL") || exit 1
+  for kv in ${OVERRIDES[$arm]}; do   # the evaluation's settings go to their own file, the rest to finetune's
+    [[ $kv == finetune.* || $kv == pretrained_samples.* ]] || fail "no parameter file for the override '$kv'"
+  done
 done
 UNITS=("")   # multi-prompt: one run per arm and seed
 if [ "$PROTOCOL" = single ]; then
@@ -71,7 +75,7 @@ if [ "$PROTOCOL" = single ]; then
   python scripts/paper_claims.py --write-single-prompts
 fi
 
-git checkout -- "$FILE" "$PROMPTS_FILE"   # a killed earlier call may have left an experiment's values in them
+git checkout -- "$FILE" "$PROMPTS_FILE" "$SAMPLES_FILE"   # a killed earlier call may have left an experiment's values in them
 if ! git diff --quiet -- conf src scripts/claims_arms.yml data/01_raw/prompts; then
   echo "conf/, src/, scripts/claims_arms.yml or data/01_raw/prompts/ has uncommitted changes; an experiment" \
        "records the commit it ran on: commit first." >&2
@@ -92,9 +96,11 @@ for seed in "${SEED_LIST[@]}"; do
         echo "$name: done, skipped"; continue
       fi
       args=(-S "$FILE:finetune.rl.seed=$seed" -S "$FILE:finetune.rl.runtime.num_rounds=$ROUNDS")
-      for kv in ${OVERRIDES[$arm]}; do args+=(-S "$FILE:$kv"); done
+      for kv in ${OVERRIDES[$arm]}; do   # each setting to its parameter file (checked above)
+        case $kv in pretrained_samples.*) args+=(-S "$SAMPLES_FILE:$kv") ;; *) args+=(-S "$FILE:$kv") ;; esac
+      done
       [ -z "$category" ] || args+=(-S "$PROMPTS_FILE:prompts.path=${PROMPT_FILE[$category]}")
-      git checkout -- "$FILE" "$PROMPTS_FILE"   # each experiment starts from the committed defaults
+      git checkout -- "$FILE" "$PROMPTS_FILE" "$SAMPLES_FILE"   # each experiment starts from the committed defaults
       echo "== $name ($(date -u +%H:%M:%S)): ${args[*]}"
       start=$SECONDS
       # Up to `evaluate`: the claims read its metrics; ShapesEval (the next stage) is not needed for them.
@@ -106,4 +112,4 @@ for seed in "${SEED_LIST[@]}"; do
     done
   done
 done
-git checkout -- "$FILE" "$PROMPTS_FILE"
+git checkout -- "$FILE" "$PROMPTS_FILE" "$SAMPLES_FILE"

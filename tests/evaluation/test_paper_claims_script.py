@@ -177,7 +177,8 @@ def _fake_run(name: str) -> dict:
     _set_all(params, promised)  # what its name promises
     return {**experiment, "base": _manifest(prompts, 0.4), "tuned": _manifest(prompts, 0.4 + GAIN[experiment["arm"]]),
             "history": history if experiment["arm"] != "sft" else history.drop(columns="reward_mean"),
-            "params": params["finetune"], "prompts_path": path, "reward_calls": 800, "baseline": "abc"}
+            "params": params["finetune"], "recorded_params": params, "prompts_path": path, "reward_calls": 800,
+            "baseline": "abc"}
 
 
 def test_rows_carry_protocol_category_and_budget():
@@ -213,7 +214,7 @@ def _collect(tmp_path, monkeypatch, names: list[str], params: dict | None = None
     monkeypatch.setattr(paper_claims, "experiments",
                         lambda registry: [{k: runs[n][k] for k in ("name", "arm", "category", "seed", "protocol",
                                                                    "ref")} for n in names])
-    recorded = {n: {"finetune": r["params"], "prompts": {"path": r["prompts_path"]}} for n, r in runs.items()}
+    recorded = {n: r["recorded_params"] for n, r in runs.items()}
     recorded.update(params or {})
     monkeypatch.setattr(paper_claims, "recorded_params", lambda e: recorded[e["name"]])
     monkeypatch.setattr(paper_claims, "load_run", lambda e, p: runs[e["name"]])
@@ -393,8 +394,10 @@ def test_shell_script_runs_single_prompt_experiments_with_the_arms_overrides(san
     assert "claims-sft-color-s0: done, skipped" in result.stdout
     runs = [c for c in _calls(sandbox) if c.startswith("dvc exp run")]
     finetune, prompts = "-S conf/base/parameters_finetune.yml:", "-S conf/base/parameters_prompts.yml:"
-    settings = lambda arm: "".join(f"{finetune}{kv} " for kv in  # noqa: E731
-                                   paper_claims.override_text(paper_claims.run_overrides(arm, "single", REGISTRY)).split())
+    samples = "-S conf/base/parameters_pretrained_samples.yml:"
+    settings = lambda arm: "".join(  # noqa: E731
+        f"{samples if kv.startswith('pretrained_samples.') else finetune}{kv} "
+        for kv in paper_claims.override_text(paper_claims.run_overrides(arm, "single", REGISTRY)).split())
     assert runs == [
         f"dvc exp run -n claims-rl-color-s0 {finetune}finetune.rl.seed=0 {finetune}finetune.rl.runtime.num_rounds=3 "
         f"{settings('rl')}{prompts}prompts.path=data/01_raw/prompts/claims_color.csv evaluate",
@@ -406,6 +409,7 @@ def test_shell_script_runs_single_prompt_experiments_with_the_arms_overrides(san
     # conf/shapes_single's settings, then the arm's: rl's β = 0 replaces the protocol's 0.1, sft keeps it
     assert f"{finetune}finetune.rl.kl.weight=0.0 " in runs[0] and "finetune.rl.kl.weight=0.1 " not in runs[0]
     assert f"{finetune}finetune.rl.kl.weight=0.1 " in runs[1] and f"{finetune}finetune.rl.rollout.g_batch=16 " in runs[1]
+    assert f"{samples}pretrained_samples.images_per_prompt=64 " in runs[1]  # one prompt: 64 evaluation images
     assert (sandbox / "data/01_raw/prompts/claims_color.csv").read_text() == "prompt,category\na blue circle,color\n"
 
 

@@ -45,6 +45,8 @@ def test_parameters_differ_from_base_only_in_the_declared_update_checkpoints_and
     assert {k: v for k, v in single["prompts"].items() if k != "path"} == {
         k: v for k, v in base["prompts"].items() if k != "path"
     }
+    # the evaluation: one prompt gets 64 images (base and fine-tuned from the same noise), the rest as base
+    assert single["pretrained_samples"] == {**base["pretrained_samples"], "images_per_prompt": 64}
     table, _ = load_prompt_table(PromptsConfig.from_dict(single["prompts"]), root=ROOT)
     assert table["prompt"].tolist() == ["a blue square at the bottom"]
     assert table["split"].tolist() == ["train"] and table["category"].tolist() == ["location"]
@@ -58,7 +60,7 @@ def test_two_rounds_run_end_to_end_from_a_copy_of_the_project(tmp_path):
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     metrics = json.loads((project / "data/08_reporting/shapes_single/metrics.json").read_text())
-    assert metrics["n_prompts"] == 1 and metrics["n_images"] == 16
+    assert metrics["n_prompts"] == 1 and metrics["n_images"] == 64  # one prompt: 64 evaluation images
     history = pd.read_csv(project / "data/08_reporting/shapes_single/finetune_history.csv")
     assert history["round"].tolist() == [1, 2]
     # the summary at the end of the run: rewards, KL bound, where the outputs are
