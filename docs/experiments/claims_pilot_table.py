@@ -1,6 +1,7 @@
 """The claims pilot's table (docs/experiments/claims_pilot.sh): one row per run.
 
     python docs/experiments/claims_pilot_table.py [docs/experiments/claims_pilot]
+    python docs/experiments/claims_pilot_table.py --curves [FOLDER]   # training reward per 20 rounds
 
 Reads each ``<arm>_<category>_r<rounds>_s<seed>.metrics.json`` (the evaluate pipeline's metrics: 16 seeds of
 the one prompt, base and fine-tuned from the same noise) and its ``.history.csv``, and prints the judge and
@@ -50,5 +51,25 @@ def table(folder: Path) -> str:
     return "\n".join(lines)
 
 
+def curves(folder: Path, window: int = 20) -> str:
+    """Each RL run's training reward, mean over consecutive windows of rounds, and its KL bound at each
+    window's end: where the gains start, i.e. what budget the matrix needs."""
+    rows = {}
+    for path in sorted(folder.glob("*.history.csv")):
+        history = pd.read_csv(path)
+        if "reward_mean" not in history:
+            continue
+        windows = history.groupby((history["round"] - 1) // window)
+        rows[path.name.removesuffix(".history.csv")] = [
+            f"{part['reward_mean'].mean():.2f} ({part['kl_bound_nats'].dropna().iloc[-1]:.0f})" for _, part in windows]
+    width = max(len(r) for r in rows.values())
+    header = [f"rounds {k * window + 1}–{(k + 1) * window}" for k in range(width)]
+    lines = ["| run | " + " | ".join(header) + " |", "|---|" + "---|" * width]
+    lines += [f"| {name} | " + " | ".join(cells) + " |" for name, cells in rows.items()]
+    return "\n".join(lines)
+
+
 if __name__ == "__main__":
-    print(table(Path(sys.argv[1] if len(sys.argv) > 1 else "docs/experiments/claims_pilot")))
+    arguments = [a for a in sys.argv[1:] if a != "--curves"]
+    folder = Path(arguments[0] if arguments else "docs/experiments/claims_pilot")
+    print(curves(folder) if "--curves" in sys.argv else table(folder))

@@ -10,6 +10,12 @@ runs already made, and what it implies for the minimum detectable effect (MDE) o
   from the default's three ShapesEval-pool runs (docs/experiments/shapeseval_pool/g8sel_seed*_history.csv).
 MDE = (z_0.975 + z_0.8)·σ·√(2/n) for n seeds per arm (dpok.evaluation.claims); seeds = the n that detects
 the effect with 80 % power at two-sided 5 %.
+
+A second table (eighth session, before the single-prompt matrix ran) bounds a single-prompt run's spread from
+below: the evaluation's own noise, the standard error of a run's paired difference over its evaluation images
+(the pilot's runs, docs/experiments/claims_pilot/*.metrics.json, 16 images), scaled to the matrix's 64 images.
+Different training seeds only add to it, so the MDEs it gives are the least the matrix can reach, per
+category (5 seeds an arm) and pooled over the four categories (20 runs an arm).
 """
 
 from __future__ import annotations
@@ -55,6 +61,26 @@ def main() -> None:
         lines.append(f"| {label} | {len(values)} | {', '.join(f'{v:+.3f}' if 'gain' in label else f'{v:.3f}' for v in values)} "
                      f"| {sigma:.4f} | {mde} | {seeds} |")
     print("\n".join(lines))
+    print()
+    print("\n".join(single_prompt_floor()))
+
+
+def single_prompt_floor(images: int = 64, seeds: int = 5, categories: int = 4) -> list[str]:
+    """The evaluation-noise floor of a single-prompt run's judge gain and quality ratio, and its MDEs."""
+    lines = ["| measure (claims) | pilot runs | SE of a run at 16 images (mean) | at 64 images | MDE floor, one category, 5 "
+             "seeds an arm | pooled, 4 × 5 runs an arm |", "|---|---|---|---|---|---|"]
+    z = 1.959963984540054  # the interval's two-sided 95 %: SE = half-width / z
+    for label, score in (("judge gain (1, 2)", "shapes_judge"), ("quality difference (1, 2)", "shapes_quality")):
+        errors = []
+        for path in sorted((EXPERIMENTS / "claims_pilot").glob("*.metrics.json")):
+            difference = json.loads(path.read_text())["per_split"]["train"][score]["difference"]
+            errors.append((difference["ci_high"] - difference["ci_low"]) / (2 * z) * np.sqrt(difference["n"]))
+        sd = float(np.mean(errors))  # per-image standard deviation of the paired difference
+        run_se = sd / np.sqrt(images)
+        one = minimum_detectable_effect(run_se * np.sqrt(2 / seeds))
+        pooled = minimum_detectable_effect(run_se * np.sqrt(2 / (seeds * categories)))
+        lines.append(f"| {label} | {len(errors)} | {sd / np.sqrt(16):.4f} | {run_se:.4f} | ≥ {one:.3f} | ≥ {pooled:.3f} |")
+    return lines
 
 
 if __name__ == "__main__":
