@@ -7,7 +7,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-from scipy.stats import norm
+from scipy.stats import norm, ttest_ind
+from scipy.stats import t as t_dist
 
 from dpok.evaluation.claims import (
     EQUIVALENT,
@@ -197,7 +198,14 @@ def test_claims_supported_when_the_numbers_say_so():
     assert result[3]["reward_calls_per_run"] == [400]  # 25 rounds × 16 trajectories
     decision = result[1]["decision"]
     assert result[1]["ci_low"] == decision["ci_low"] > 0 and result[1]["effect"] == decision["mean"]
-    assert result[1]["minimum_detectable_effect"] == pytest.approx(2.8016 * decision["se"], rel=1e-3)
+    # Welch's t on the runs' means (3 a side): the interval and the t-based MDE, against scipy's own test
+    per_run = per_prompt[per_prompt["split"] == "train"].assign(
+        gain=lambda t: t["judge_tuned"] - t["judge_base"]).groupby(["arm", "seed"])["gain"].mean()
+    test = ttest_ind(per_run["rl_kl_v"], per_run["sft"], equal_var=False)
+    assert (decision["ci_low"], decision["ci_high"]) == pytest.approx(tuple(test.confidence_interval(0.95)), rel=1e-9)
+    df = test.df
+    assert result[1]["minimum_detectable_effect"] == pytest.approx(
+        (t_dist.ppf(0.975, df) + t_dist.ppf(0.8, df)) * decision["se"], rel=1e-9)
     assert "MDE" in result[1]["evidence"] and "seeds rl_kl_v 3, sft 3" in result[1]["evidence"]
 
 
@@ -211,7 +219,7 @@ def test_claims_contradicted_by_the_numbers_are_refuted():
 
 def test_alignment_bought_with_quality_is_refuted_and_equal_arms_are_equivalent():
     per_prompt = synthetic({"sft": 0.0, "rl": 0.1, "rl_kl": 0.1, "rl_kl_v": 0.2},
-                           {"sft": 1.0, "rl": 1.0, "rl_kl": 1.0, "rl_kl_v": 0.6})
+                           {"sft": 1.0, "rl": 1.0, "rl_kl": 1.0, "rl_kl_v": 0.6}, seeds=range(6))
     result = verdicts(per_prompt, kl_table({"rl": 50, "rl_kl": 50, "rl_kl_v": 50, "sft": 5}),
                       training({"rl": 0.1, "rl_kl": 0.1, "rl_kl_v": 0.1}))
     assert result[1]["verdict"] == REFUTED  # more alignment, but quality 0.6 × base
@@ -219,6 +227,14 @@ def test_alignment_bought_with_quality_is_refuted_and_equal_arms_are_equivalent(
     assert result[2]["verdict"] == EQUIVALENT and result[2]["verdict_text"] == "equivalent within ±0.01"
     assert "no over-optimisation to prevent" in result[2]["evidence"]
     assert result[3]["verdict"] == EQUIVALENT and result[3]["verdict_text"] == "equivalent within ±0.03"
+
+
+def test_one_run_an_arm_is_not_decided_however_large_the_difference():
+    per_prompt = single_prompt({"sft": {"location": 0.0}, "rl_kl_v": {"location": 0.5}}, seeds=(0,))
+    result = claims(per_prompt, kl_table({}), training({}), resamples=50)[0]
+    assert result["verdict"] == NOT_DECIDED and result["per_category"]["location"]["verdict"] == NOT_DECIDED
+    assert result["effect"] == pytest.approx(0.5, abs=0.05)
+    assert result["verdict_text"] == "not decided at 800 reward calls: fewer than two runs in an arm"
 
 
 def test_noisy_runs_are_not_decided_and_quote_budget_and_detectable_effect():

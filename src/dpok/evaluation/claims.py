@@ -13,9 +13,11 @@ Inputs are plain tables, so the verdict logic can be tested on synthetic results
 - ``training``: one row per (arm, seed, round): ``trajectories`` (sampled so far) and ``reward`` (that
   round's mean training reward). DPOK arms only.
 
-Every interval is a percentile bootstrap that resamples the runs (seeds) and, within each run, the
-prompts (or rounds), so it carries both the seed-to-seed spread and the prompt-to-prompt spread. A
-difference between arms resamples each arm independently. Each comparison is then *decided* (``decide``):
+The tables' intervals are percentile bootstraps that resample the runs (seeds) and, within each run, the
+prompts (or rounds), so they carry both the seed-to-seed spread and the prompt-to-prompt spread. A claim's
+comparison of two arms (``compare``) takes each run's mean as one observation and uses Welch's t: with the
+five or so runs an arm has, a bootstrap over runs gives intervals about a quarter too narrow, and with one
+run an arm none at all (such a comparison is not decided). Each comparison is then *decided*:
 **supported** when its 95 % interval excludes 0 in the paper's direction, **refuted** when it excludes 0
 the other way, **equivalent within ±δ** when two one-sided tests at 5 % both reject (its 90 % interval
 lies inside (−δ, +δ)), and otherwise **not decided** at this budget, quoted with the comparison's minimum
@@ -175,6 +177,8 @@ class Decision:
         """The verdict as the reader sees it."""
         if self.verdict == EQUIVALENT:
             return f"equivalent within ±{self.delta:g}"
+        if self.verdict == NOT_DECIDED and not math.isfinite(self.mde):
+            return f"not decided at {_calls_text(reward_calls)} reward calls: fewer than two runs in an arm"
         if self.verdict == NOT_DECIDED:
             return (f"not decided at {_calls_text(reward_calls)} reward calls, "
                     f"minimum detectable effect {self.mde:.3f}")
@@ -200,10 +204,36 @@ def decide(effect: float, draws: np.ndarray, direction: int = 1, delta: float = 
                     minimum_detectable_effect(se), delta, direction)
 
 
+def welch(a: np.ndarray, b: np.ndarray, direction: int = 1, delta: float = DELTA_SCORE) -> Decision:
+    """mean(a) − mean(b) of two independent samples (one value per run), decided with Welch's t: 95 % and
+    90 % intervals on the Welch–Satterthwaite degrees of freedom, and the minimum detectable effect
+    (t_{1−α/2} + t_{power}) × se. Fewer than two runs in an arm: no spread to test against, not decided."""
+    from scipy import stats
+
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    effect = float(a.mean() - b.mean()) if a.size and b.size else float("nan")
+    if a.size < 2 or b.size < 2:
+        nan = float("nan")
+        return Decision(NOT_DECIDED, effect, (nan, nan), (nan, nan), nan, nan, delta, direction)
+    va, vb = a.var(ddof=1) / a.size, b.var(ddof=1) / b.size
+    se = float(math.sqrt(va + vb))
+    df = (va + vb) ** 2 / (va**2 / (a.size - 1) + vb**2 / (b.size - 1)) if se > 0 else a.size + b.size - 2
+    t95, t90 = stats.t.ppf(1 - ALPHA / 2, df), stats.t.ppf(1 - ALPHA, df)
+    ci95 = (effect - t95 * se, effect + t95 * se)
+    ci90 = (effect - t90 * se, effect + t90 * se)
+    mde = float((t95 + stats.t.ppf(POWER, df)) * se)
+    return Decision(verdict_from_intervals(ci95, ci90, direction, delta), effect, ci95, ci90, se, mde, delta,
+                    direction)
+
+
 def compare(a: list[np.ndarray], b: list[np.ndarray], direction: int = 1, delta: float = DELTA_SCORE,
             resamples: int = 2000) -> Decision:
-    """mean(a) − mean(b), decided."""
-    return decide(*difference_draws(a, b, resamples), direction=direction, delta=delta)
+    """mean(a) − mean(b) over runs (each run's mean of its prompts or rounds is one value), decided with
+    Welch's t (``welch``). ``resamples`` is unused (kept for the callers' signature)."""
+    del resamples
+    if not a or not b or any(len(r) == 0 for r in (*a, *b)):
+        raise ValueError("compare needs at least one run per arm, each with at least one value")
+    return welch(np.array([r.mean() for r in a]), np.array([r.mean() for r in b]), direction, delta)
 
 
 def conjunction(primary: Decision, condition: Decision, accepted: tuple[str, ...]) -> Decision:
@@ -553,7 +583,8 @@ def results_markdown(table: pd.DataFrame, verdicts: list[dict], heldout: pd.Data
     if intro:
         lines += [intro, ""]
     lines += ["## The claims", "",
-              f"Verdicts are computed: **{SUPPORTED}** (95 % CI of the difference excludes 0 in the paper's "
+              "Verdicts are computed from each run's mean (Welch's t between two arms' runs): "
+              f"**{SUPPORTED}** (95 % CI of the difference excludes 0 in the paper's "
               f"direction), **{REFUTED}** (excludes 0 the other way), **equivalent within ±δ** (90 % CI inside "
               f"±δ: δ = {DELTA_SCORE:g} for judge and training-reward differences, {DELTA_QUALITY_RATIO:g} for "
               f"quality ratios), otherwise **{NOT_DECIDED}**, with the minimum detectable effect (80 % power, "
@@ -591,5 +622,5 @@ __all__ = [
     "claim_kl_prevents_overoptimisation", "claim_rl_beats_sft", "claim_value_function_is_sample_efficient",
     "claims", "compare", "conjunction", "decide", "difference", "difference_draws", "interval",
     "minimum_detectable_effect", "power_seeds", "results_markdown", "reward_kl_tradeoff", "training_curves",
-    "verdict_from_intervals",
+    "verdict_from_intervals", "welch",
 ]
