@@ -67,7 +67,9 @@ SAMPLES = "data/07_model_output"
 # a clone does not carry, so the matrix can span sessions and machines.
 RUNS_DIR = "data/08_reporting/paper_claims_runs"
 GRID_PROMPTS, GRID_SEEDS_SINGLE = 6, 3
-TIMING = "data/08_reporting/paper_claims_timing.csv"  # scripts/paper_claims.sh: seconds per finished experiment  # what a grid shows: six prompts (multi), a prompt's first seeds (single)
+TIMING = "data/08_reporting/paper_claims_timing.csv"
+# What the archive keeps of a manifest: what the tables and grids read (not the pixels' hashes, base rates).
+MANIFEST_COLUMNS = ("prompt", "category", "split", "seed", "file", "shapes_judge", "shapes_quality")  # scripts/paper_claims.sh: seconds per finished experiment  # what a grid shows: six prompts (multi), a prompt's first seeds (single)
 KL_REPORTS = 5  # the KL bound of a run: mean of its last five reports
 _ABSENT = "<absent>"
 
@@ -318,8 +320,8 @@ def archive_run(run: dict, runs_dir: Path) -> Path:
     (scratch / "run.json").write_text(json.dumps(meta, indent=2) + "\n")
     params = run.get("recorded_params") or {"finetune": run["params"], "prompts": {"path": run["prompts_path"]}}
     (scratch / "params.yml").write_text(yaml.safe_dump(params, sort_keys=False))
-    run["base"].to_csv(scratch / "pretrained_manifest.csv", index=False)
-    run["tuned"].to_csv(scratch / "finetuned_manifest.csv", index=False)
+    for frame, file in ((run["base"], "pretrained_manifest.csv"), (run["tuned"], "finetuned_manifest.csv")):
+        frame[[c for c in frame.columns if c in MANIFEST_COLUMNS]].to_csv(scratch / file, index=False)
     run["history"].to_csv(scratch / "finetune_history.csv", index=False)
     if run.get("sft_rewards"):
         (scratch / "finetune_rewards.csv").write_text(run["sft_rewards"])
