@@ -267,10 +267,46 @@ def _git_file(ref: str, path: str) -> str:
 
 
 def _dvc_bytes(ref: str, path: str) -> bytes:
-    import dvc.api
+    return _dvc_filesystem(ref).read_bytes(path)
 
-    with dvc.api.open(path, repo=str(ROOT), rev=ref, mode="rb") as handle:
-        return handle.read()
+
+_FILESYSTEMS: dict[str, Any] = {}
+
+
+def _dvc_filesystem(ref: str):
+    """The experiment's files, Git- and DVC-tracked alike (one file system per ref: opening one per file costs
+    a repository's set-up each time)."""
+    if ref not in _FILESYSTEMS:
+        from dvc.api import DVCFileSystem
+
+        _FILESYSTEMS[ref] = DVCFileSystem(str(ROOT), rev=ref)
+    return _FILESYSTEMS[ref]
+
+
+def image_diversity(images: list[bytes]) -> float:
+    """How different a prompt's evaluation images are from one another: the mean over pairs of their
+    root-mean-square pixel difference (pixels in [0, 1]). Samples collapsing to one layout, the form
+    over-optimisation takes where the reward cannot be fooled, lower it."""
+    from PIL import Image
+    from scipy.spatial.distance import pdist
+
+    if len(images) < 2:
+        return float("nan")
+    pixels = np.stack([np.asarray(Image.open(io.BytesIO(b)).convert("RGB"), dtype=np.float64).ravel() / 255
+                       for b in images])
+    return float(pdist(pixels).mean() / np.sqrt(pixels.shape[1]))
+
+
+def diversity_table(base: pd.DataFrame, tuned: pd.DataFrame, read: Any) -> pd.DataFrame:
+    """Per prompt: the diversity of the base model's and the fine-tuned model's evaluation images
+    (``read(kind, file)`` returns an image's bytes)."""
+    rows = []
+    for prompt, part in base.groupby("prompt", sort=False):
+        files = tuned.loc[tuned["prompt"] == prompt, "file"]
+        rows.append({"prompt": prompt,
+                     "diversity_base": image_diversity([read("pretrained_samples", f) for f in part["file"]]),
+                     "diversity_tuned": image_diversity([read("finetuned_samples", f) for f in files])})
+    return pd.DataFrame(rows)
 
 
 def recorded_params(experiment: dict) -> dict:
@@ -303,7 +339,9 @@ def load_run(experiment: dict, params: dict) -> dict:
         images[f"pretrained_samples/{row['file']}"] = _dvc_bytes(ref, f"{SAMPLES}/pretrained_samples/{row['file']}")
         images[f"finetuned_samples/{file}"] = _dvc_bytes(ref, f"{SAMPLES}/finetuned_samples/{file}")
     rewards = (_git_file(ref, "data/08_reporting/finetune_rewards.csv") if experiment["arm"] == "sft" else None)
+    diversity = diversity_table(base, tuned, lambda kind, file: _dvc_bytes(ref, f"{SAMPLES}/{kind}/{file}"))
     return {**experiment, "base": base, "tuned": tuned, "history": history, "params": params["finetune"],
+            "diversity": diversity,
             "recorded_params": params, "prompts_path": params["prompts"]["path"],
             "reward_calls": reward_calls(params), "baseline": commit, "images": images, "sft_rewards": rewards}
 
@@ -323,6 +361,8 @@ def archive_run(run: dict, runs_dir: Path) -> Path:
     for frame, file in ((run["base"], "pretrained_manifest.csv"), (run["tuned"], "finetuned_manifest.csv")):
         frame[[c for c in frame.columns if c in MANIFEST_COLUMNS]].to_csv(scratch / file, index=False)
     run["history"].to_csv(scratch / "finetune_history.csv", index=False)
+    if run.get("diversity") is not None:
+        run["diversity"].to_csv(scratch / "diversity.csv", index=False)
     if run.get("sft_rewards"):
         (scratch / "finetune_rewards.csv").write_text(run["sft_rewards"])
     for relative, data in (run.get("images") or {}).items():
@@ -355,8 +395,9 @@ def archived_runs(runs_dir: Path, registry: dict) -> list[dict]:
         check_params(experiment, params, registry)
         images = {str(p.relative_to(folder / "images")): p.read_bytes() for p in (folder / "images").rglob("*")
                   if p.is_file()}
-        rewards = folder / "finetune_rewards.csv"
+        rewards, diversity = folder / "finetune_rewards.csv", folder / "diversity.csv"
         runs.append({**experiment, "ref": None, "commit": meta.get("commit"),
+                     "diversity": pd.read_csv(diversity) if diversity.exists() else None,
                      "base": pd.read_csv(folder / "pretrained_manifest.csv"),
                      "tuned": pd.read_csv(folder / "finetuned_manifest.csv"),
                      "history": pd.read_csv(folder / "finetune_history.csv"), "params": params["finetune"],
@@ -386,6 +427,8 @@ def per_prompt_rows(run: dict) -> pd.DataFrame:
     ).reset_index()
     if run["category"] is not None:  # the run's category is the one its name and prompt file give
         table["category"] = run["category"]
+    if run.get("diversity") is not None:
+        table = table.merge(run["diversity"], on="prompt", how="left")
     return table.assign(**_run_columns(run))
 
 

@@ -276,6 +276,28 @@ def test_claims_one_and_two_use_single_prompt_runs_per_category_and_pooled():
     assert result[3]["verdict"] == SUPPORTED  # the multi-prompt training curves, not the single-prompt ones
 
 
+def test_claim_two_reports_diversity_beside_its_verdict_when_runs_measured_it():
+    gains = {"rl": {"color": 0.3}, "rl_kl": {"color": 0.2}}
+    single = single_prompt(gains, seeds=range(5))
+    rng = np.random.default_rng(3)
+    collapse = {"rl": 0.6, "rl_kl": 0.95}  # without KL the prompt's images become alike
+    single["diversity_base"] = 0.2
+    single["diversity_tuned"] = [0.2 * collapse[arm] + rng.normal(0, 0.002) for arm in single["arm"]]
+    kl = kl_table({"rl": 300, "rl_kl": 50}).assign(category="color", protocol="single")
+    claim = verdicts(single, kl, training({}))[2]
+    kept = claim["diversity_kept_by_kl"]
+    assert kept["verdict"] == SUPPORTED and kept["mean"] == pytest.approx(0.35, abs=0.02)
+    assert "diversity × base, with KL − without +0.35" in claim["evidence"]
+    assert claim["verdict"] != SUPPORTED or claim["quality_kept_by_kl"]["verdict"] == SUPPORTED  # quality decides
+    table = arm_table(single, kl)
+    assert table.loc["rl", "diversity_ratio"].mean == pytest.approx(0.6, abs=0.01)
+    assert "| diversity × base |" in results_markdown(table, [claim], single=table)
+    # runs without the measure: no column, no line
+    plain = single.drop(columns=["diversity_base", "diversity_tuned"])
+    assert "diversity_kept_by_kl" not in verdicts(plain, kl, training({}))[2]
+    assert arm_table(plain, kl).loc["rl", "diversity_ratio"] is None
+
+
 def test_pooling_keeps_only_categories_every_compared_arm_ran():
     single = single_prompt({"sft": {"color": 0.0}, "rl_kl_v": {"color": 0.2, "count": -0.5}})
     result = claims(single, kl_table({}), training({}), resamples=300)[0]

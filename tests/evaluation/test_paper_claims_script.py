@@ -274,7 +274,10 @@ def _with_images(run: dict) -> dict:
     for _, row in paper_claims.grid_rows(run["base"], run["protocol"]).iterrows():
         images[f"pretrained_samples/{row['file']}"] = _png((128, 128, 128))
         images[f"finetuned_samples/{row['file']}"] = _png(colour)
-    return {**run, "images": images, "commit": "c0ffee", "sft_rewards": "reward\n0.4\n" if run["arm"] == "sft" else None}
+    diversity = pd.DataFrame({"prompt": sorted(set(run["base"]["prompt"])), "diversity_base": 0.2,
+                              "diversity_tuned": 0.1})
+    return {**run, "images": images, "commit": "c0ffee", "diversity": diversity,
+            "sft_rewards": "reward\n0.4\n" if run["arm"] == "sft" else None}
 
 
 def test_archive_round_trip_keeps_what_the_results_need(tmp_path):
@@ -291,6 +294,25 @@ def test_archive_round_trip_keeps_what_the_results_need(tmp_path):
     assert (back["arm"], back["category"], back["seed"], back["reward_calls"]) == ("sft", "count", 1, 800)
     assert back["sft_rewards"] == "reward\n0.4\n" and not list(tmp_path.glob(".*"))  # no scratch folder left
     pd.testing.assert_frame_equal(paper_claims.per_prompt_rows(back), paper_claims.per_prompt_rows(run))
+    assert paper_claims.per_prompt_rows(back)["diversity_tuned"].tolist() == [0.1]
+
+
+def test_image_diversity_is_the_mean_pairwise_rms_pixel_difference():
+    import io
+
+    rng = np.random.default_rng(0)
+    arrays = [rng.integers(0, 256, (6, 5, 3), dtype=np.uint8) for _ in range(4)]
+    encoded = []
+    for array in arrays:
+        buffer = io.BytesIO()
+        Image.fromarray(array).save(buffer, format="PNG")
+        encoded.append(buffer.getvalue())
+    pairs = [np.sqrt(np.mean((arrays[i] / 255.0 - arrays[j] / 255.0) ** 2)) for i in range(4) for j in range(i + 1, 4)]
+    assert paper_claims.image_diversity(encoded) == pytest.approx(np.mean(pairs), rel=1e-12)
+    assert paper_claims.image_diversity([encoded[0]] * 3) == 0.0
+    assert np.isnan(paper_claims.image_diversity(encoded[:1]))  # one image: no pair
+    black, white = _png((0, 0, 0)), _png((255, 255, 255))
+    assert paper_claims.image_diversity([black, white]) == pytest.approx(1.0)
 
 
 def test_an_archived_run_whose_parameters_disagree_with_its_name_is_refused(tmp_path):

@@ -50,6 +50,7 @@ NOT_RUN = "not run yet"
 # Equivalence margins: differences smaller than these are too small to matter on this world.
 DELTA_SCORE = 0.03  # judge (alignment) and training-reward differences
 DELTA_QUALITY_RATIO = 0.01  # differences of fine-tuned quality × base
+DELTA_DIVERSITY_RATIO = 0.05  # differences of fine-tuned diversity × base (the spread of a prompt's images)
 ALPHA, POWER = 0.05, 0.80  # two-sided level of the tests, power the minimum detectable effect is quoted at
 
 
@@ -267,6 +268,8 @@ def _with_deltas(per_prompt: pd.DataFrame) -> pd.DataFrame:
     table = per_prompt.copy()
     table["judge_delta"] = table["judge_tuned"] - table["judge_base"]
     table["quality_ratio"] = table["quality_tuned"] / table["quality_base"]
+    if {"diversity_base", "diversity_tuned"} <= set(table.columns):  # optional: images' spread (see module doc)
+        table["diversity_ratio"] = table["diversity_tuned"] / table["diversity_base"]
     return table
 
 
@@ -291,6 +294,8 @@ def arm_table(per_prompt: pd.DataFrame, kl: pd.DataFrame, split: str = "train", 
             "quality_base": interval(_runs(part, "quality_base"), resamples),
             "quality_tuned": interval(_runs(part, "quality_tuned"), resamples),
             "quality_ratio": interval(_runs(part, "quality_ratio"), resamples),
+            "diversity_ratio": (interval(_runs(part.dropna(subset=["diversity_ratio"]), "diversity_ratio"), resamples)
+                                if "diversity_ratio" in part and part["diversity_ratio"].notna().any() else None),
             "kl_bound_nats": float(np.mean(bounds)) if bounds.size else float("nan"),
             "kl_bound_range": (float(bounds.min()), float(bounds.max())) if bounds.size else (float("nan"),) * 2,
         })
@@ -434,7 +439,15 @@ def claim_kl_prevents_overoptimisation(per_prompt: pd.DataFrame, kl: pd.DataFram
                     f"KL bound without − with {drift.effect:+.1f} nats [{drift.ci95[0]:+.1f}, {drift.ci95[1]:+.1f}]")
         if decision.verdict != SUPPORTED and no_kl_quality.low <= 1 <= no_kl_quality.high:
             evidence += " (no over-optimisation to prevent at this budget: the no-KL arm's quality did not drop)"
-        return _decided(decision, table, ("rl", "rl_kl"), evidence, quality_kept_by_kl=kept.as_dict(),
+        extra = {}
+        if "diversity_ratio" in table and table["diversity_ratio"].notna().all():
+            # Reported beside the verdict, not part of it: the paper measures over-optimisation by quality.
+            diverse = compare(_runs(with_kl, "diversity_ratio"), _runs(without, "diversity_ratio"), 1,
+                              DELTA_DIVERSITY_RATIO)
+            evidence += (f"; diversity × base, with KL − without {diverse} "
+                         f"({diverse.text(_reward_calls(table, 'rl', 'rl_kl'))})")
+            extra["diversity_kept_by_kl"] = diverse.as_dict()
+        return _decided(decision, table, ("rl", "rl_kl"), evidence, quality_kept_by_kl=kept.as_dict(), **extra,
                         kl_bound_gap=drift.as_dict(),
                         kl_bound_nats={arm: float(np.mean([r.mean() for r in runs]))
                                        for arm, runs in drift_runs.items()})
@@ -598,17 +611,22 @@ def results_markdown(table: pd.DataFrame, verdicts: list[dict], heldout: pd.Data
             continue
         lines += ["", f"## Alignment and quality, {title}", "",
                   "Mean over seeds and prompts, 95 % bootstrap CI (runs, then prompts within a run). Judge: exact "
-                  "alignment score; quality: the world's prompt-free quality score; KL bound: the exact bound "
-                  "(nats) at the end of the run, mean over seeds (range).", "",
-                  "| arm | seeds | judge base → fine-tuned | Δ judge | quality base → fine-tuned | quality × base | KL bound (nats) |",
-                  "|---|---|---|---|---|---|---|"]
+                  "alignment score; quality: the world's prompt-free quality score; diversity: how different a "
+                  "prompt's images are from one another (mean pairwise RMS pixel difference), fine-tuned × base; "
+                  "KL bound: the exact bound (nats) at the end of the run, mean over seeds (range).", "",
+                  "| arm | seeds | judge base → fine-tuned | Δ judge | quality base → fine-tuned | quality × base "
+                  "| diversity × base | KL bound (nats) |",
+                  "|---|---|---|---|---|---|---|---|"]
         for arm, row in part.iterrows():
             lo, hi = row["kl_bound_range"]
+            diversity = row.get("diversity_ratio")
+            spread = (f"{diversity.mean:.3f} [{diversity.low:.3f}, {diversity.high:.3f}]"
+                      if isinstance(diversity, Interval) else "—")
             lines.append(
                 f"| {arm_label(arm)} | {row['seeds']} | {row['judge_base'].mean:.3f} → "
                 f"{row['judge_tuned'].mean:.3f} | {row['judge_delta']} | {row['quality_base'].mean:.3f} → "
                 f"{row['quality_tuned'].mean:.3f} | {row['quality_ratio'].mean:.3f} "
-                f"[{row['quality_ratio'].low:.3f}, {row['quality_ratio'].high:.3f}] | "
+                f"[{row['quality_ratio'].low:.3f}, {row['quality_ratio'].high:.3f}] | {spread} | "
                 f"{row['kl_bound_nats']:.0f} ({lo:.0f}–{hi:.0f}) |"
             )
     for caption, path in figures:
@@ -617,7 +635,8 @@ def results_markdown(table: pd.DataFrame, verdicts: list[dict], heldout: pd.Data
 
 
 __all__ = [
-    "ALPHA", "ARMS", "ARM_LABELS", "BETA_SWEEP_PREFIX", "DELTA_QUALITY_RATIO", "DELTA_SCORE", "EQUIVALENT",
+    "ALPHA", "ARMS", "ARM_LABELS", "BETA_SWEEP_PREFIX", "DELTA_DIVERSITY_RATIO", "DELTA_QUALITY_RATIO", "DELTA_SCORE",
+    "EQUIVALENT",
     "NOT_DECIDED", "NOT_RUN", "POWER", "REFUTED", "SUPPORTED", "Decision", "Interval", "arm_label", "arm_table",
     "claim_kl_prevents_overoptimisation", "claim_rl_beats_sft", "claim_value_function_is_sample_efficient",
     "claims", "compare", "conjunction", "decide", "difference", "difference_draws", "interval",
