@@ -36,6 +36,9 @@ declare -A ARMS=(
   # one category's part of the rule-chosen pool (26 location prompts): does the update learn a skill from many prompts
   # of one kind and carry it to the category's unseen test prompts? (g8sel's settings otherwise)
   [g8sel_location]="finetune.rl.rollout.g_batch=32,finetune.rl.rollout.trajectories_per_prompt=8,finetune.rl.runtime.num_rounds=60,prompts.path=data/01_raw/prompts/shapeseval_pool_selected_location.csv"
+  # the same, LoRA on the cross-attention's keys and values only (rank 8; kedro --env lora_kv, written below): a
+  # change there is a function of the prompt's tokens, the same for every prompt holding "bottom"
+  [g8sel_location_kv]="finetune.rl.rollout.g_batch=32,finetune.rl.rollout.trajectories_per_prompt=8,finetune.rl.runtime.num_rounds=60,prompts.path=data/01_raw/prompts/shapeseval_pool_selected_location.csv"
   [v4sel_lr3]="$V4,prompts.path=data/01_raw/prompts/shapeseval_pool_selected.csv,finetune.rl.policy.learning_rate=0.003"
 )
 # One thread by default: a second torch process on the same cores then slows neither by spin-waiting.
@@ -58,6 +61,17 @@ print("selected pool:", chosen.groupby(["split", "category"]).size().to_dict())
 for category, part in chosen.groupby("category"):  # one category's share, for the per-category arms
     part[["prompt", "category", "split"]].to_csv(f"data/01_raw/prompts/shapeseval_pool_selected_{category}.csv", index=False)
 PY
+# Settings --params cannot carry (lists): a Kedro environment per arm, written into the work copy.
+declare -A ENVS=([g8sel_location_kv]=lora_kv)
+mkdir -p conf/lora_kv
+cat > conf/lora_kv/parameters_finetune.yml <<'YML'
+finetune:
+  rl:
+    lora:
+      rank: 8
+      alpha: 8.0
+      target_modules: [attn2.to_k, attn2.to_v]
+YML
 arms=("$@")
 [ ${#arms[@]} -gt 0 ] || arms=(default groups8)
 for arm in "${arms[@]}"; do
@@ -67,8 +81,9 @@ for arm in "${arms[@]}"; do
     extra=${ARMS[$arm]}
     params="prompts.path=data/01_raw/prompts/shapeseval_pool.csv,finetune.rl.seed=$seed,finetune.checkpoint_dir=$WORK/ckpt/${arm}_${seed}${extra:+,$extra}"
     start=$(date +%s)
-    PYTHONPATH=src "$ROOT/.venv/bin/kedro" run --pipelines finetune --params "$params" > "$WORK/${arm}_${seed}.finetune.log" 2>&1
-    PYTHONPATH=src "$ROOT/.venv/bin/kedro" run --pipelines shapeseval > "$WORK/${arm}_${seed}.shapeseval.log" 2>&1
+    env=${ENVS[$arm]:-local}
+    PYTHONPATH=src "$ROOT/.venv/bin/kedro" run --env "$env" --pipelines finetune --params "$params" > "$WORK/${arm}_${seed}.finetune.log" 2>&1
+    PYTHONPATH=src "$ROOT/.venv/bin/kedro" run --env "$env" --pipelines shapeseval > "$WORK/${arm}_${seed}.shapeseval.log" 2>&1
     cp data/08_reporting/finetune_history.csv "$OUT/${arm}_seed${seed}_history.csv"
     cp data/08_reporting/shapeseval.json "$result.tmp" && mv "$result.tmp" "$result"
     echo "$arm seed $seed: $(( $(date +%s) - start )) s"
