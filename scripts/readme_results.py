@@ -5,7 +5,8 @@
 Prints the row of the committed `dvc repro` run (``metrics.json``: paired differences of the judge on the
 train and held-out splits, quality on train) and the ShapesEval line (``shapeseval.json``: test-set
 accuracy and mean judge, base → fine-tuned, with the paired 95 % CI) and the probe's line (``finetune_probe.csv``:
-test accuracy during training). ``tests/test_readme.py`` fails when
+test accuracy during training) and the paper-claims paragraph (``paper_claims.json``, written by
+``scripts/paper_claims.py``: each claim's verdict, effect and interval, seeds and budget). ``tests/test_readme.py`` fails when
 README.md does not contain these lines exactly, so a new run's numbers reach README by pasting this output.
 """
 
@@ -59,12 +60,43 @@ def probe_line(probe: list[dict[str, str]]) -> str:
     )
 
 
+# Each claim's primary comparison, as the reader should read its effect.
+CLAIMS = {
+    1: ("DPOK beats reward-weighted SFT, keeping quality", "Δ judge DPOK − SFT"),
+    2: ("the KL term prevents over-optimisation", "quality × base, with KL − without"),
+    3: ("the value function saves samples", "mean training reward, with − without"),
+}
+
+
+def _claim_text(claim: dict) -> str:
+    name, effect = CLAIMS[claim["claim"]]
+    if "effect" not in claim:  # not run yet
+        return f"{claim['claim']}. {name}: {claim['verdict_text']}"
+    seeds = " and ".join(sorted({str(n) for n in claim["seeds"].values()}))
+    calls = "/".join(f"{c:,}" for c in claim["reward_calls_per_run"])
+    budget = "" if "reward calls" in claim["verdict_text"] else f", {calls} reward calls a run"
+    text = (f"{claim['claim']}. {name}: **{claim['verdict_text']}** ({effect} {claim['effect']:+.3f} "
+            f"[{claim['ci_low']:+.3f}, {claim['ci_high']:+.3f}], {seeds} seeds an arm{budget}")
+    per_category = claim.get("per_category") or {}
+    if per_category:
+        text += "; per category: " + ", ".join(f"{c} {p['verdict']}" for c, p in per_category.items())
+    return text + ")"
+
+
+def claims_paragraph(claims: dict) -> str:
+    """One paragraph: the three verdicts as scripts/paper_claims.py computed them."""
+    runs = sum(len(arm["sample_budget_per_run"]) for arm in claims.get("runs_per_arm", {}).values())
+    return (f"Verdicts ({runs} runs; `python scripts/paper_claims.py`): "
+            + "; ".join(_claim_text(c) for c in claims["claims"]) + ".")
+
+
 def lines(reporting: Path) -> list[str]:
     metrics = json.loads((reporting / "metrics.json").read_text())
     shapeseval = json.loads((reporting / "shapeseval.json").read_text())
     with (reporting / "finetune_probe.csv").open() as handle:
         probe = list(csv.DictReader(handle))
-    return [committed_run_row(metrics), shapeseval_line(shapeseval), probe_line(probe)]
+    claims = json.loads((reporting / "paper_claims.json").read_text())
+    return [committed_run_row(metrics), shapeseval_line(shapeseval), probe_line(probe), claims_paragraph(claims)]
 
 
 def main(argv: list[str] | None = None) -> None:
